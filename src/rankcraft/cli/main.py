@@ -1,0 +1,308 @@
+"""``rankcraft`` command line.
+
+Errors in the user's input (bad data, config, checkpoint) are printed as one line naming the file, line and
+column, with exit status 2 — never a stack trace. ``RANKCRAFT_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from rankcraft.errors import ConfigError, RankcraftError
+
+DEMO_MODELS = ["lr", "fm", "dnn", "deepfm", "dcnv2", "finalmlp"]
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _kv(items: list[str] | None, what: str) -> dict:
+    """Parse ``KEY=VALUE`` pairs; values are YAML scalars/lists (``safe_load``, nothing is evaluated)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{what} '{item}': expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise ConfigError(f"{what} '{item}': cannot parse the value") from None
+    return out
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (a recipe, or a schema with files)")
+    g.add_argument("--dataset", help="built-in recipe: synthetic, frappe_x1, ml-100k, criteo, avazu")
+    g.add_argument("--data-dir", help="directory (or file) of the recipe's raw data")
+    g.add_argument("--schema", help="YAML schema for your own files")
+    g.add_argument("--train", dest="train_file", help="training file (CSV/TSV/Parquet)")
+    g.add_argument("--valid", dest="valid_file", help="validation file (default: 10%% of --train)")
+    g.add_argument("--test", dest="test_file", help="optional test file")
+    g.add_argument("--rows", type=int, help="rows to generate (synthetic recipe)")
+    g.add_argument("--cache-dir", help="processed-data cache (default $RANKCRAFT_CACHE or ~/.cache/rankcraft)")
+
+
+def _data_spec(args) -> dict | None:
+    if args.dataset:
+        d = {"recipe": args.dataset, "data_dir": args.data_dir}
+        if args.rows:
+            d["rows"] = args.rows
+        return d
+    if args.schema:
+        return {"schema_file": args.schema, "train": args.train_file, "valid": args.valid_file,
+                "test": args.test_file}
+    if args.train_file:
+        raise ConfigError("--train needs --schema (or use --dataset for a built-in recipe)")
+    return None
+
+
+# --------------------------------------------------------------------------------------------- commands
+def cmd_train(args) -> int:
+    from rankcraft import api
+
+    if args.resume:
+        if not args.out:
+            raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        res = api.train({}, out=args.out, resume=True, cache_dir=args.cache_dir)
+        _print_report(res.report, args.out)
+        return 0
+    cfg: dict = {}
+    if args.config:
+        cfg = api.RunConfig.from_yaml(args.config).to_dict()
+    data = _data_spec(args)
+    if data is not None:
+        cfg["data"] = data
+    if args.model:
+        cfg["model"] = args.model
+    if args.arch:
+        raise ConfigError("--arch needs the search module, which this version does not include yet")
+    cfg.setdefault("params", {}).update(_kv(args.param, "--param"))
+    train = cfg.setdefault("train", {})
+    for key in ("epochs", "batch_size", "lr", "optimizer", "seed", "threads", "embedding_l2", "monitor",
+                "max_steps", "checkpoint_every"):
+        val = getattr(args, key)
+        if val is not None:
+            train[key] = val
+    if args.bf16:
+        train["bf16"] = True
+    if args.quiet:
+        train["quiet"] = True
+    train.update(_kv(args.opt, "--opt"))
+    config = api.RunConfig.parse(cfg, "command line")
+    out = args.out or f"runs/{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    res = api.train(config, out=out, cache_dir=args.cache_dir)
+    _print_report(res.report, out)
+    return 0
+
+
+def _print_report(report: dict, out: str) -> None:
+    v = report["valid"]
+    line = (f"{report['model']} on {report['dataset']}: valid auc {v['auc']:.4f}  logloss {v['logloss']:.4f}  "
+            f"ne {v['ne']:.4f}")
+    if "gauc" in v:
+        line += f"  gauc {v['gauc']:.4f}"
+    print(line)
+    print(f"best epoch {report['best_epoch']}  params {report['params']:,}  "
+          f"flops/example {report['flops_per_example']:,.0f}  train {report['train_rows_per_s']:,.0f} rows/s")
+    print(f"run directory: {out}")
+
+
+def cmd_evaluate(args) -> int:
+    from rankcraft import api
+
+    m = api.evaluate(args.run_dir, args.file)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        for k, v in m.items():
+            print(f"{k:12s} {v}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from rankcraft import api
+
+    p = api.predict(args.run_dir, args.file, args.out)
+    if args.out is None:
+        for x in p:
+            print(f"{x:.6f}")
+    else:
+        print(f"wrote {len(p)} scores to {args.out}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from rankcraft.data.dataset import prepare
+    from rankcraft.data.recipes import RECIPES
+
+    spec = _data_spec(args)
+    if spec is None:
+        print("built-in dataset recipes:")
+        for name, (_, help_) in RECIPES.items():
+            print(f"  {name:10s} {help_}")
+        print("\ndescribe one with: rankcraft datasets --dataset NAME [--data-dir DIR]")
+        return 0
+    from rankcraft.api import DataSpec
+
+    data = prepare(DataSpec.model_validate(spec).source(), cache_dir=args.cache_dir)
+    desc = data.describe()
+    if args.json:
+        print(json.dumps(desc, indent=2))
+        return 0
+    print(f"dataset {desc['name']}")
+    for split, s in desc["splits"].items():
+        print(f"  {split:6s} rows {s['rows']:>10,}  label rate {s['label_rate']:.4f}")
+    print("  features:")
+    for f in desc["features"]:
+        extra = f"vocab {f['vocab_size']:,}" if f["vocab_size"] else ""
+        if f["max_len"]:
+            extra += f"  max_len {f['max_len']}"
+        print(f"    {f['name']:20s} {f['kind']:18s} {f['source']:8s} {extra}")
+    for msg in data.skipped:
+        print(f"  warning: {msg}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from rankcraft import api
+    from rankcraft.data.dataset import prepare
+    from rankcraft.models.registry import available_models
+
+    if args.models:
+        models = [m for m in args.models.split(",") if m]
+    else:
+        models = [m for m in DEMO_MODELS if m in available_models()]
+    unknown = [m for m in models if m not in available_models()]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {unknown}; available: {', '.join(available_models())}")
+    spec = api.DataSpec(recipe="synthetic", rows=args.rows, seed=0)
+    print(f"rankcraft demo: {args.rows:,} synthetic rows with planted 1st/2nd/3rd-order interactions; "
+          f"training {len(models)} models for up to {args.epochs} epochs each")
+    t0 = time.perf_counter()
+    data = prepare(spec.source(), cache_dir=args.cache_dir)
+    rows = []
+    for name in models:
+        cfg = api.RunConfig(data=spec, model=name,
+                            train={"epochs": args.epochs, "batch_size": 2048, "quiet": args.quiet,
+                                   "early_stopping_patience": 1, "seed": 0})
+        res = api.train(cfg, out=Path(args.out) / name if args.out else None, data=data)
+        r = res.report
+        rows.append((name, r["valid"]["auc"], r["valid"]["logloss"], r["valid"]["ne"], r["flops_per_example"],
+                     r["train_rows_per_s"], r.get("test", {}).get("auc", float("nan"))))
+        if not args.quiet:
+            print(f"  {name}: valid auc {r['valid']['auc']:.4f}")
+    rows.sort(key=lambda r: -r[1])
+    print()
+    print(f"{'rank':>4}  {'model':10s} {'val AUC':>8} {'logloss':>8} {'NE':>7} {'test AUC':>8} "
+          f"{'FLOPs/ex':>10} {'train rows/s':>13}")
+    for i, (name, auc, ll, ne, flops, rps, tauc) in enumerate(rows, 1):
+        print(f"{i:>4}  {name:10s} {auc:8.4f} {ll:8.4f} {ne:7.4f} {tauc:8.4f} {flops:10,.0f} {rps:13,.0f}")
+    print(f"\ndone in {time.perf_counter() - t0:.0f}s" + (f"; run directories under {args.out}" if args.out else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rankcraft", description="Build, search and serve CTR ranking models.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model", description="Train a zoo model on a dataset recipe or on "
+                       "your own files described by a schema; writes a resumable run directory.")
+    _add_data_args(t)
+    t.add_argument("--config", help="YAML run config (data/model/params/train sections); flags override it")
+    t.add_argument("--model", help="zoo model name (see `rankcraft models`)")
+    t.add_argument("--arch", help="architecture JSON from `rankcraft search` (not available yet)")
+    t.add_argument("--param", action="append", metavar="KEY=VALUE", help="model hyperparameter (repeatable)")
+    t.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any training option (repeatable)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", choices=["adam", "adamw", "adagrad", "sgd"])
+    t.add_argument("--embedding-l2", type=float, help="L2 on embedding tables (FuxiCTR embedding_regularizer)")
+    t.add_argument("--monitor", choices=["auc", "logloss", "ne", "gauc"], help="early-stopping metric")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int, help="torch intra-op threads")
+    t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+    t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
+    t.add_argument("--out", help="run directory (default runs/MODEL-TIMESTAMP)")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a trained run on a labelled file")
+    e.add_argument("run_dir")
+    e.add_argument("file")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="scores for every row of a file, in input order")
+    pr.add_argument("run_dir")
+    pr.add_argument("file")
+    pr.add_argument("--out", help="CSV to write (one 'score' column); default: print")
+    pr.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("datasets", help="list recipes, or describe one dataset")
+    _add_data_args(d)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_datasets)
+
+    m = sub.add_parser("models", help="list zoo models and their hyperparameters")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    de = sub.add_parser("demo", help="train several models on synthetic data and print a leaderboard")
+    de.add_argument("--rows", type=int, default=60_000)
+    de.add_argument("--epochs", type=int, default=4)
+    de.add_argument("--models", help=f"comma-separated (default {','.join(DEMO_MODELS)})")
+    de.add_argument("--out", default="runs/demo", help="where run directories go ('' for none)")
+    de.add_argument("--cache-dir")
+    de.add_argument("--quiet", action="store_true")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def cmd_models(args) -> int:
+    from rankcraft.models.registry import available_models, model_class
+
+    info = {name: model_class(name).Params().model_dump() for name in available_models()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for name, params in info.items():
+            print(f"{name:10s} " + " ".join(f"{k}={v}" for k, v in params.items()))
+    return 0
+
+
+def _version() -> str:
+    from rankcraft import __version__
+
+    return f"rankcraft {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return args.func(args)
+    except RankcraftError as exc:
+        if os.environ.get("RANKCRAFT_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; a run continues with `rankcraft train --out RUN_DIR --resume`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""Fitted feature encoders: raw string columns → numeric arrays, vectorised with pyarrow/numpy.
+
+Fitting uses the training split only. The fitted state is plain JSON (``Encoders.to_json``) — never pickle — and is
+saved beside the processed cache and in every run directory, so inference encodes new files exactly as training did.
+
+Id conventions (see :class:`rankcraft.data.schema.FeatureSpec`): 0 = padding/missing, 1 = OOV, 2.. = vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rankcraft.data.features import FeatureInfo, FeatureSet
+from rankcraft.data.readers import RawTable
+from rankcraft.data.schema import FeatureSpec, Schema
+from rankcraft.errors import DataError
+
+PAD, OOV, FIRST_ID = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------------------------- parsing helpers
+def _column(raw: RawTable, name: str) -> pa.Array:
+    col = raw.table.column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _bad_float_rows(values: pa.Array) -> list[int]:
+    """Rows whose non-empty cell does not parse as a float (slow path, only used after a fast cast failed)."""
+    bad = []
+    for i, v in enumerate(values.to_pylist()):
+        if v is None or v.strip() == "":
+            continue
+        try:
+            float(v)
+        except ValueError:
+            bad.append(i)
+    return bad
+
+
+def parse_floats(values: pa.Array) -> np.ndarray | None:
+    """Strings → float64 with NaN for empty cells; ``None`` if some cell is not a number."""
+    stripped = pc.utf8_trim_whitespace(values)
+    nulled = pc.if_else(pc.equal(stripped, ""), pa.scalar(None, pa.string()), stripped)
+    try:
+        out = pc.cast(nulled, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return out.to_numpy(zero_copy_only=False)
+
+
+def _split_lists(values: pa.Array, sep: str) -> tuple[pa.Array, np.ndarray]:
+    """Split separated cells; returns (flat non-empty values, row index of each value)."""
+    lists = pc.split_pattern(values, sep)
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(lists)
+    rows = np.repeat(np.arange(len(values), dtype=np.int64), lengths)
+    keep = pc.not_equal(flat, "")
+    flat = flat.filter(keep)
+    rows = rows[keep.to_numpy(zero_copy_only=False)]
+    return flat, rows
+
+
+def _pad_lists(ids: np.ndarray, rows: np.ndarray, n_rows: int, max_len: int, *, keep_last: bool,
+               dtype=np.int64) -> np.ndarray:
+    """Scatter a ragged list (``ids`` grouped by ``rows``, rows ascending) into a padded ``[n_rows, max_len]``.
+
+    ``keep_last=False``: keep the first ``max_len`` values, right-padded. ``keep_last=True``: keep the last
+    ``max_len`` values, left-padded (most recent value in the last column).
+    """
+    out = np.zeros((n_rows, max_len), dtype=dtype)
+    if len(ids) == 0:
+        return out
+    lengths = np.bincount(rows, minlength=n_rows)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    pos = np.arange(len(ids)) - starts[rows]
+    if keep_last:
+        from_end = lengths[rows] - 1 - pos
+        sel = from_end < max_len
+        out[rows[sel], max_len - 1 - from_end[sel]] = ids[sel]
+    else:
+        sel = pos < max_len
+        out[rows[sel], pos[sel]] = ids[sel]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- vocabularies
+@dataclass
+class Vocabulary:
+    """Value → id mapping (or stable hashing) for categorical values."""
+
+    values: list[str] | None = None
+    hash_buckets: int | None = None
+
+    @property
+    def size(self) -> int:
+        if self.hash_buckets is not None:
+            return FIRST_ID + self.hash_buckets
+        return FIRST_ID + len(self.values or [])
+
+    @classmethod
+    def fit(cls, values: pa.Array, min_count: int, hash_buckets: int | None) -> "Vocabulary":
+        if hash_buckets is not None:
+            return cls(hash_buckets=hash_buckets)
+        counts = pc.value_counts(values.filter(pc.not_equal(values, "")))
+        vals = counts.field("values").to_pylist()
+        cnts = counts.field("counts").to_numpy()
+        kept = [(v, int(c)) for v, c in zip(vals, cnts) if c >= min_count]
+        kept.sort(key=lambda vc: (-vc[1], vc[0]))  # deterministic: by frequency, then value
+        return cls(values=[v for v, _ in kept])
+
+    def encode(self, values: pa.Array) -> np.ndarray:
+        """Strings → int64 ids (``""`` → 0, unknown → 1)."""
+        n = len(values)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        empty = pc.equal(values, "").to_numpy(zero_copy_only=False)
+        if self.hash_buckets is not None:
+            enc = pc.dictionary_encode(values)
+            uniq = enc.dictionary.to_pylist()
+            codes = np.array([FIRST_ID + zlib.crc32(u.encode()) % self.hash_buckets for u in uniq], dtype=np.int64)
+            ids = codes[enc.indices.to_numpy(zero_copy_only=False)]
+        else:
+            idx = pc.index_in(values, value_set=pa.array(self.values or [], pa.string()))
+            ids = pc.fill_null(pc.add(idx, FIRST_ID), OOV).to_numpy(zero_copy_only=False).astype(np.int64)
+        ids[empty] = PAD
+        return ids
+
+    def to_dict(self) -> dict:
+        return {"values": self.values, "hash_buckets": self.hash_buckets}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocabulary":
+        return cls(values=d.get("values"), hash_buckets=d.get("hash_buckets"))
+
+
+# ---------------------------------------------------------------------------------------------- the encoder set
+class Encoders:
+    """All fitted encoders of a schema.
+
+    ``state[name]`` holds, per feature: ``vocab`` (categorical, multi-valued, sequence), ``mean``/``std``
+    (standardize) or ``boundaries`` (bucketize).
+    """
+
+    def __init__(self, schema: Schema, state: dict[str, dict]):
+        self.schema = schema
+        self.state = state
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, raw: RawTable) -> RawTable:
+        """Check labels ∈ {0, 1} and numeric cells; raise (or, with ``on_error: skip``, drop and count) bad rows."""
+        return validate_table(raw, self.schema)
+
+    # ------------------------------------------------------------------ fit
+    @classmethod
+    def fit(cls, raw: RawTable, schema: Schema) -> "Encoders":
+        state: dict[str, dict] = {}
+        for spec in schema.features:
+            if spec.share_vocab_with is not None:
+                continue
+            col = _column(raw, spec.raw_column)
+            if spec.type == "categorical":
+                state[spec.name] = {"vocab": Vocabulary.fit(col, spec.min_count, spec.hash_buckets).to_dict()}
+            elif spec.type in ("multi_categorical", "sequence"):
+                flat, _ = _split_lists(col, spec.separator)
+                state[spec.name] = {"vocab": Vocabulary.fit(flat, spec.min_count, spec.hash_buckets).to_dict()}
+            else:
+                x = _numeric_values(raw, spec)
+                st: dict = {}
+                if spec.transform == "standardize":
+                    mean = float(np.mean(x)) if len(x) else 0.0
+                    std = float(np.std(x)) if len(x) else 1.0
+                    st = {"mean": mean, "std": std if std > 0 else 1.0}
+                elif spec.transform == "bucketize":
+                    qs = np.quantile(x, np.linspace(0, 1, spec.buckets + 1)[1:-1]) if len(x) else np.array([])
+                    st = {"boundaries": sorted(set(float(q) for q in qs))}
+                state[spec.name] = st
+        return cls(schema, state)
+
+    # ------------------------------------------------------------------ transform
+    def vocab(self, spec: FeatureSpec) -> Vocabulary:
+        owner = spec.share_vocab_with or spec.name
+        return Vocabulary.from_dict(self.state[owner]["vocab"])
+
+    def transform(self, raw: RawTable) -> dict[str, np.ndarray]:
+        """Encode a validated table into column arrays (see :mod:`rankcraft.data.features` for the layout)."""
+        n = raw.num_rows
+        out: dict[str, np.ndarray] = {}
+        labels = [_parse_labels(raw, c) for c in self.schema.labels]
+        out["label"] = labels[0].astype(np.float32)
+        if len(labels) > 1:
+            out["labels"] = np.stack(labels, axis=1).astype(np.float32)
+        cats, nums = [], []
+        for spec in self.schema.features:
+            col = _column(raw, spec.raw_column)
+            if spec.type == "categorical":
+                cats.append(self.vocab(spec).encode(col))
+            elif spec.type == "numeric":
+                x = _numeric_values(raw, spec)
+                if spec.transform == "bucketize":
+                    cats.append(FIRST_ID + np.searchsorted(self.state[spec.name]["boundaries"], x, side="right"))
+                else:
+                    nums.append(self._numeric_transform(spec, x).astype(np.float32))
+            else:
+                flat, rows = _split_lists(col, spec.separator)
+                ids = self.vocab(spec).encode(flat)
+                keep_last = spec.type == "sequence"
+                out[spec.name] = _pad_lists(ids, rows, n, spec.max_len, keep_last=keep_last)
+                if spec.type == "sequence" and spec.timestamp_column:
+                    tflat, trows = _split_lists(_column(raw, spec.timestamp_column), spec.separator)
+                    ts = parse_floats(tflat)
+                    if ts is None or len(ts) != len(ids) or not np.array_equal(trows, rows):
+                        raise DataError(f"timestamps do not match the ids of sequence '{spec.name}' one to one",
+                                        path=raw.path, column=spec.timestamp_column)
+                    out[spec.name + "__ts"] = _pad_lists(np.nan_to_num(ts), rows, n, spec.max_len, keep_last=True,
+                                                         dtype=np.float64).astype(np.float32)
+        out["cat"] = (np.stack(cats, axis=1) if cats else np.zeros((n, 0))).astype(np.int64)
+        out["num"] = (np.stack(nums, axis=1) if nums else np.zeros((n, 0))).astype(np.float32)
+        if self.schema.user_column:
+            out["group"] = pc.dictionary_encode(_column(raw, self.schema.user_column)).indices.to_numpy(
+                zero_copy_only=False).astype(np.int64)
+        return out
+
+    def _numeric_transform(self, spec: FeatureSpec, x: np.ndarray) -> np.ndarray:
+        if spec.transform == "log":
+            return np.log1p(np.maximum(x, 0.0))
+        if spec.transform == "standardize":
+            st = self.state[spec.name]
+            return (x - st["mean"]) / st["std"]
+        return x
+
+    # ------------------------------------------------------------------ metadata
+    def feature_set(self) -> FeatureSet:
+        infos = []
+        for spec in self.schema.features:
+            kind = spec.type
+            vocab_size = 0
+            if spec.type == "numeric" and spec.transform == "bucketize":
+                kind = "categorical"
+                vocab_size = FIRST_ID + len(self.state[spec.name]["boundaries"]) + 1
+            elif spec.type != "numeric":
+                vocab_size = self.vocab(spec).size
+            infos.append(FeatureInfo(
+                name=spec.name, kind=kind, source=spec.source, vocab_size=vocab_size,
+                max_len=spec.max_len if spec.type in ("multi_categorical", "sequence") else 1,
+                embedding_table=spec.share_vocab_with or spec.name,
+                has_timestamps=spec.timestamp_column is not None))
+        # categorical (incl. bucketized numerics) first, as in the batch's "cat" column order
+        return FeatureSet(features=tuple(infos), labels=tuple(self.schema.labels),
+                          has_group=self.schema.user_column is not None)
+
+    # ------------------------------------------------------------------ JSON
+    def to_json(self) -> str:
+        return json.dumps({"schema": self.schema.model_dump(mode="json"), "state": self.state}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Encoders":
+        d = json.loads(text)
+        return cls(Schema.model_validate(d["schema"]), d["state"])
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _numeric_values(raw: RawTable, spec: FeatureSpec) -> np.ndarray:
+    x = parse_floats(_column(raw, spec.raw_column))
+    if x is None:  # validate_table ran first, so this only happens for unvalidated tables
+        bad = _bad_float_rows(_column(raw, spec.raw_column))
+        raise raw.error(bad[0], spec.raw_column, "not a number")
+    x = x.copy()
+    x[~np.isfinite(x)] = spec.fill_value
+    return x
+
+
+def _parse_labels(raw: RawTable, column: str) -> np.ndarray:
+    y = parse_floats(_column(raw, column))
+    if y is None:
+        raise raw.error(_bad_float_rows(_column(raw, column))[0], column, "label is not a number")
+    return y
+
+
+def _label_problems(raw: RawTable, column: str) -> list[tuple[int, str]]:
+    col = _column(raw, column)
+    y = parse_floats(col)
+    if y is None:
+        return [(i, "label is not a number") for i in _bad_float_rows(col)]
+    bad = np.flatnonzero(~((y == 0) | (y == 1)))
+    vals = col.take(pa.array(bad[:1000])).to_pylist() if len(bad) else []
+    return [(int(i), f"label must be 0 or 1, found {v!r}" if v.strip() else "label is missing")
+            for i, v in zip(bad, vals + ["?"] * (len(bad) - len(vals)))]
+
+
+def validate_table(raw: RawTable, schema: Schema) -> RawTable:
+    """Find bad labels and unparseable numbers. ``on_error: raise`` → :class:`DataError` at the first bad cell
+    (file, line, column); ``skip`` → the rows are dropped and recorded in ``raw.skipped``."""
+    problems: list[tuple[int, str, str]] = []  # (row, column, reason)
+    for c in schema.labels:
+        problems += [(r, c, why) for r, why in _label_problems(raw, c)]
+        if problems and schema.on_error == "raise":
+            break
+    for spec in schema.features:
+        if spec.type != "numeric":
+            continue
+        col = _column(raw, spec.raw_column)
+        if parse_floats(col) is None:
+            problems += [(r, spec.raw_column, "not a number") for r in _bad_float_rows(col)]
+    if not problems:
+        return raw
+    if schema.on_error == "raise":
+        row, column, why = min(problems)
+        raise raw.error(row, column, why)
+    bad_rows = sorted({r for r, _, _ in problems})
+    reasons = {}
+    for r, c, why in problems:
+        reasons.setdefault(r, f"column '{c}': {why}")
+    keep = np.ones(raw.num_rows, dtype=bool)
+    keep[bad_rows] = False
+    return raw.filter_rows(pa.array(keep), [(r, reasons[r]) for r in bad_rows])
+
+
+def describe_skips(raw: RawTable, limit: int = 5) -> str:
+    """One paragraph summarising skipped rows, for the end-of-run report."""
+    if not raw.skipped:
+        return ""
+    first = "; ".join(f"line {ln}: {why}" if ln else why for ln, why in raw.skipped[:limit])
+    more = "" if len(raw.skipped) <= limit else f" (+{len(raw.skipped) - limit} more)"
+    return f"{raw.path}: skipped {len(raw.skipped)} bad row(s): {first}{more}"
+

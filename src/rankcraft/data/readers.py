@@ -1,0 +1,239 @@
+"""Raw file readers (CSV/TSV and Parquet through pyarrow) with precise error locations.
+
+Every column the schema needs is read as *strings* (Parquet columns are cast to strings), so parsing and validation
+happen in one vectorised place (:mod:`rankcraft.data.encoders`). The fast path is pyarrow's multi-threaded CSV
+reader; only when something is wrong does a slow Python scan run to find the physical line of the fault, so errors
+say ``file, line N, column 'c'``.
+
+Line numbers are 1-based physical lines with the header as line 1. Empty lines are ignored (as pyarrow does).
+Quoted values spanning several lines are not supported (``newlines_in_values`` is off) so that rows map to lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from rankcraft.errors import DataError
+
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+
+
+@dataclass
+class RawTable:
+    """A table of string columns plus enough provenance to turn a row index into a file line."""
+
+    table: pa.Table
+    path: str
+    header_lines: int = 1
+    kind: str = "csv"  # csv | parquet | memory
+    delimiter: str = ","
+    skipped: list[tuple[int | None, str]] = field(default_factory=list)  # (line, reason) of dropped rows
+    _lines: list[int] | None = field(default=None, repr=False)
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def line_of(self, row: int) -> int | None:
+        """Physical line of data row ``row`` (None for Parquet / in-memory tables, which have no lines)."""
+        if self.kind != "csv":
+            return None
+        if self._lines is None:
+            if not self.skipped and not _has_blank_lines(self.path):
+                return row + 1 + self.header_lines
+            self._lines = _data_lines(self.path, self.delimiter, self.header_lines, len(self.table.schema))
+        return self._lines[row]
+
+    def error(self, row: int, column: str | None, message: str) -> DataError:
+        line = self.line_of(row)
+        if line is None:
+            message = f"row {row + 1}: {message}"
+        return DataError(message, path=self.path, line=line, column=column)
+
+    def filter_rows(self, keep: pa.Array | list[bool], reasons: list[tuple[int, str]]) -> "RawTable":
+        """Drop rows (for ``on_error: skip``); ``reasons`` are (row, reason) for the dropped rows."""
+        for row, why in reasons:
+            self.skipped.append((self.line_of(row), why))
+        lines = None
+        if self.kind == "csv":
+            all_lines = [self.line_of(i) for i in range(self.num_rows)]
+            mask = keep.to_pylist() if isinstance(keep, pa.Array) else list(keep)
+            lines = [ln for ln, k in zip(all_lines, mask) if k]
+        out = RawTable(self.table.filter(keep), self.path, self.header_lines, self.kind, self.delimiter,
+                       list(self.skipped))
+        out._lines = lines
+        return out
+
+
+def _has_blank_lines(path: str) -> bool:
+    with open(path, "rb") as fh:
+        prev = b"\n"
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            data = prev[-1:] + chunk
+            if b"\n\n" in data or b"\n\r\n" in data:
+                return True
+            prev = chunk
+    return False
+
+
+def _data_lines(path: str, delimiter: str, header_lines: int, n_cols: int) -> list[int]:
+    """Physical line numbers of the rows pyarrow keeps (non-empty, right number of fields)."""
+    lines = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        for _ in range(header_lines):
+            next(reader, None)
+        for rec in reader:
+            if not rec:
+                continue
+            if len(rec) == n_cols:
+                lines.append(reader.line_num)
+    return lines
+
+
+def _read_header(path: str, delimiter: str) -> list[str]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        rec = next(csv.reader(fh, delimiter=delimiter), None)
+    if not rec:
+        raise DataError("file is empty (no header line)", path=path, line=1)
+    return [c.strip() for c in rec]
+
+
+def _find_ragged(path: str, delimiter: str, header_lines: int, n_cols: int) -> list[tuple[int, int]]:
+    """(line, n_fields) of every non-empty record whose field count differs from ``n_cols``."""
+    bad = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        for _ in range(header_lines):
+            next(reader, None)
+        for rec in reader:
+            if rec and len(rec) != n_cols:
+                bad.append((reader.line_num, len(rec)))
+    return bad
+
+
+def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",",
+             column_names: list[str] | None = None, on_error: str = "raise") -> RawTable:
+    """Read ``columns`` of a delimited text file as strings.
+
+    Args:
+        path: the file.
+        columns: columns to keep (all must exist).
+        delimiter: field separator (``","`` CSV, ``"\\t"`` TSV).
+        column_names: names for a file without a header line; ``None`` means the first line is the header.
+        on_error: ``"raise"``: a ragged row is a :class:`DataError` naming its line; ``"skip"``: such rows are
+            dropped and listed in :attr:`RawTable.skipped`.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError("file not found", path=path)
+    if column_names is None:
+        names = _read_header(path, delimiter)
+        header_lines = 1
+    else:
+        names = list(column_names)
+        header_lines = 0
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; the file has columns {names}", path=path,
+                        line=1 if header_lines else None, column=missing[0])
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DataError(f"duplicate column names in header: {dup}", path=path, line=1)
+
+    ragged: list[str] = []
+
+    def on_invalid(row) -> str:
+        ragged.append(row.text)
+        return "skip"
+
+    read_opts = pacsv.ReadOptions(column_names=names, skip_rows=header_lines, block_size=1 << 24)
+    parse_opts = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
+    convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in names}, include_columns=columns,
+                                        strings_can_be_null=False, quoted_strings_can_be_null=False)
+    try:
+        table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
+    except pa.ArrowInvalid as exc:  # e.g. invalid UTF-8, unterminated quote
+        raise DataError(f"cannot parse file: {exc}", path=path) from None
+    raw = RawTable(table, path, header_lines, "csv", delimiter)
+    if ragged:
+        bad = _find_ragged(path, delimiter, header_lines, len(names))
+        if on_error == "raise":
+            line, n = bad[0] if bad else (None, -1)
+            raise DataError(f"ragged row: expected {len(names)} fields, found {n}", path=path, line=line)
+        raw.skipped.extend((line, f"ragged row ({n} fields, expected {len(names)})") for line, n in bad)
+    return raw
+
+
+def read_parquet(path: str | os.PathLike, columns: list[str]) -> RawTable:
+    """Read ``columns`` of a Parquet file, each cast to strings."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError("file not found", path=path)
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"not a readable Parquet file: {exc}", path=path) from None
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; the file has columns {names}", path=path, column=missing[0])
+    table = pq.read_table(path, columns=columns)
+    return RawTable(table_to_strings(table), path, 0, "parquet")
+
+
+def table_to_strings(table: pa.Table) -> pa.Table:
+    """Cast every column to string; nulls become empty strings (our 'missing' marker)."""
+    import pyarrow.compute as pc
+
+    cols = []
+    for col in table.columns:
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            # list columns (e.g. Parquet sequences) are joined with '|' so they parse like a separated cell
+            col = pc.binary_join(pc.cast(col, pa.list_(pa.string())), "|")
+        elif not pa.types.is_string(col.type):
+            col = pc.cast(col, pa.string())
+        cols.append(pc.fill_null(col, ""))
+    return pa.table(cols, names=table.column_names)
+
+
+def read_table(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",",
+               column_names: list[str] | None = None, on_error: str = "raise") -> RawTable:
+    """Read a CSV/TSV (by default) or Parquet (``.parquet``/``.pq``) file."""
+    if Path(path).suffix.lower() in PARQUET_SUFFIXES:
+        return read_parquet(path, columns)
+    if Path(path).suffix.lower() == ".tsv" and delimiter == ",":
+        delimiter = "\t"
+    return read_csv(path, columns, delimiter=delimiter, column_names=column_names, on_error=on_error)
+
+
+def available_columns(path: str | os.PathLike, *, delimiter: str = ",",
+                      column_names: list[str] | None = None) -> list[str]:
+    """Column names of a file without reading its rows."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError("file not found", path=path)
+    if Path(path).suffix.lower() in PARQUET_SUFFIXES:
+        return pq.read_schema(path).names
+    if column_names is not None:
+        return list(column_names)
+    if Path(path).suffix.lower() == ".tsv" and delimiter == ",":
+        delimiter = "\t"
+    return _read_header(path, delimiter)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's content (part of the processed-cache key)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

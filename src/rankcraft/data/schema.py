@@ -1,0 +1,181 @@
+"""Declarative, validated dataset schema.
+
+A schema says which raw columns are labels and how every feature column is encoded. It can be written as YAML::
+
+    labels: [label]
+    user_column: user            # optional: groups for GAUC
+    delimiter: ","
+    features:
+      - {name: user, type: categorical, source: user, min_count: 2}
+      - {name: price, type: numeric, transform: log, fill_value: 0}
+      - {name: genres, type: multi_categorical, separator: "|", max_len: 6, source: item}
+      - {name: clicks, type: sequence, separator: "^", max_len: 50, share_vocab_with: item}
+
+or built in Python with the same pydantic models. Unknown keys are errors (a typo never passes silently) and the
+file is parsed with ``yaml.safe_load`` — nothing is evaluated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rankcraft.errors import ConfigError
+
+FeatureType = Literal["categorical", "numeric", "multi_categorical", "sequence"]
+Source = Literal["user", "item", "context"]
+NumericTransform = Literal["none", "log", "standardize", "bucketize"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """One input feature.
+
+    Encoding (fitted on the training split only):
+
+    * ``categorical``: vocabulary of values seen at least ``min_count`` times; ids ``2..V+1``; id 1 is the OOV
+      bucket (rare and unseen values), id 0 is padding/missing. With ``hash_buckets=H`` the id is
+      ``2 + crc32(value) mod H`` instead (no vocabulary is stored).
+    * ``numeric``: missing/empty → ``fill_value``; then ``transform``: ``log`` is ``log1p(max(x, 0))``,
+      ``standardize`` is ``(x - mean) / std``, ``bucketize`` maps x to one of ``buckets`` quantile bins and turns
+      the feature into a categorical one.
+    * ``multi_categorical``: the cell is split on ``separator``; each value is encoded as a categorical; the list is
+      truncated to its first ``max_len`` values and right-padded with 0.
+    * ``sequence``: like multi_categorical but ordered oldest→newest; the *last* ``max_len`` values are kept and
+      left-padded with 0 so the most recent event is always in the last slot. ``timestamp_column`` (optional) holds
+      matching timestamps with the same separator.
+
+    ``share_vocab_with`` makes a multi-valued/sequence feature reuse another categorical feature's vocabulary (and,
+    in models, its embedding table), e.g. a click sequence of item ids.
+    """
+
+    name: str = Field(min_length=1)
+    type: FeatureType
+    source: Source = "context"
+    column: str | None = None
+    min_count: int = Field(default=1, ge=1)
+    hash_buckets: int | None = Field(default=None, ge=1)
+    fill_value: float = 0.0
+    transform: NumericTransform = "none"
+    buckets: int = Field(default=10, ge=2, le=100_000)
+    separator: str = Field(default="|", min_length=1)
+    max_len: int = Field(default=20, ge=1, le=100_000)
+    share_vocab_with: str | None = None
+    timestamp_column: str | None = None
+
+    @property
+    def raw_column(self) -> str:
+        return self.column or self.name
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "FeatureSpec":
+        if self.type != "numeric" and self.transform != "none":
+            raise ValueError(f"feature '{self.name}': 'transform' applies to numeric features only")
+        if self.type not in ("multi_categorical", "sequence"):
+            if self.share_vocab_with is not None:
+                raise ValueError(f"feature '{self.name}': 'share_vocab_with' applies to multi_categorical/sequence")
+            if self.timestamp_column is not None:
+                raise ValueError(f"feature '{self.name}': 'timestamp_column' applies to sequence features only")
+        if self.type == "multi_categorical" and self.timestamp_column is not None:
+            raise ValueError(f"feature '{self.name}': 'timestamp_column' applies to sequence features only")
+        return self
+
+
+class Schema(_Strict):
+    """Labels, features and file-format options of one dataset."""
+
+    labels: list[str] = Field(min_length=1)
+    features: list[FeatureSpec] = Field(min_length=1)
+    user_column: str | None = None
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    column_names: list[str] | None = None  # for files without a header line
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @model_validator(mode="after")
+    def _check_names(self) -> "Schema":
+        names = [f.name for f in self.features]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate feature names: {dup}")
+        clash = sorted(set(names) & set(self.labels))
+        if clash:
+            raise ValueError(f"features and labels share names: {clash}")
+        by_name = {f.name: f for f in self.features}
+        for f in self.features:
+            if f.share_vocab_with is not None:
+                other = by_name.get(f.share_vocab_with)
+                if other is None:
+                    raise ValueError(f"feature '{f.name}': share_vocab_with names unknown feature "
+                                     f"'{f.share_vocab_with}'")
+                if other.type != "categorical" or other.share_vocab_with is not None:
+                    raise ValueError(f"feature '{f.name}': share_vocab_with must name a categorical feature")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def required_columns(self) -> list[str]:
+        cols = list(self.labels)
+        for f in self.features:
+            cols.append(f.raw_column)
+            if f.timestamp_column:
+                cols.append(f.timestamp_column)
+        if self.user_column and self.user_column not in cols:
+            cols.append(self.user_column)
+        seen: set[str] = set()
+        return [c for c in cols if not (c in seen or seen.add(c))]
+
+    def fingerprint(self) -> str:
+        """Stable hash of the schema (part of the processed-cache key)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, data: dict, *, origin: str = "<schema>") -> "Schema":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{origin}: invalid schema:\n{format_validation_error(exc, data)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Schema":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: schema file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a schema must be a mapping with 'labels' and 'features'")
+        return cls.from_dict(data, origin=str(path))
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+
+
+def format_validation_error(exc: ValidationError, data: object = None) -> str:
+    """Render a pydantic error as ``field.path: message`` lines, naming features by name where possible."""
+    lines = []
+    for err in exc.errors():
+        parts: list[str] = []
+        node = data
+        for key in err["loc"]:
+            if isinstance(key, int) and isinstance(node, list) and key < len(node):
+                item = node[key]
+                label = item.get("name") if isinstance(item, dict) else None
+                parts.append(f"[{key}]" + (f"({label})" if label else ""))
+                node = item
+            else:
+                parts.append(f".{key}" if parts else str(key))
+                node = node.get(key) if isinstance(node, dict) else None
+        loc = "".join(parts) or "<root>"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)

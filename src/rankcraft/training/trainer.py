@@ -1,0 +1,348 @@
+"""The trainer: owns the optimiser, the loop, evaluation, early stopping and checkpoints. Models only map a batch to
+logits.
+
+Objective per step: ``BCEWithLogits(model(batch), y) + R`` with the optional regulariser (FuxiCTR-style, applied to
+whole tables every step)
+
+``R = (λ_emb / 2) Σ_{embedding tables} ||W||²  +  (λ_net / 2) Σ_{other weights} ||W||²``.
+
+Checkpoints: ``last.pt`` (everything needed to continue: model, optimiser(s), scheduler, epoch, step within the
+epoch, early-stopping state, RNG state) is written atomically every ``checkpoint_every`` steps and
+``checkpoint_seconds`` seconds and at each epoch end; ``best.pt`` holds the weights of the best validation epoch.
+Because the epoch's row order is a pure function of ``(seed, epoch)``, a run resumed from ``last.pt`` replays
+exactly the batches it had not finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from rankcraft.data.dataset import ColumnData
+from rankcraft.errors import CheckpointError
+from rankcraft.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from rankcraft.training.metrics import HIGHER_IS_BETTER, compute_metrics
+
+
+class TrainConfig(BaseModel):
+    """Training hyperparameters (validated; unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=4096, ge=1)
+    eval_batch_size: int = Field(default=16384, ge=1)
+    optimizer: Literal["adam", "adamw", "adagrad", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    embedding_l2: float = Field(default=0.0, ge=0)
+    net_l2: float = Field(default=0.0, ge=0)
+    lr_schedule: Literal["constant", "plateau", "cosine", "step"] = "plateau"
+    lr_factor: float = Field(default=0.1, gt=0, le=1)  # plateau / step decay factor
+    lr_patience: int = Field(default=0, ge=0)  # plateau: epochs without improvement before decaying
+    lr_step_epochs: int = Field(default=2, ge=1)  # step: decay every k epochs
+    min_lr: float = Field(default=1e-6, ge=0)
+    clip_grad_norm: float | None = Field(default=10.0, gt=0)
+    monitor: Literal["auc", "logloss", "ne", "gauc"] = "auc"
+    early_stopping_patience: int = Field(default=2, ge=1)
+    seed: int = 2024
+    bf16: bool = False
+    threads: int | None = Field(default=None, ge=1)
+    compile: bool = False
+    max_steps: int | None = Field(default=None, ge=1)  # stop after this many steps in total (smoke tests)
+    checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 = only time-based and at epoch ends
+    checkpoint_seconds: float = Field(default=60.0, ge=0)
+    quiet: bool = False
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metrics: dict
+    history: list[dict]
+    train_rows_per_s: float
+    train_seconds: float
+    stopped_early: bool
+    steps: int
+    extra: dict = field(default_factory=dict)
+
+
+class StopTraining(Exception):
+    """Raised by a callback to stop training immediately (used to simulate interruptions in tests)."""
+
+
+def _autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, data: ColumnData, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
+    """Probabilities for every row of ``data``, in row order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for batch in data.batches(batch_size):
+            with _autocast(bf16):
+                logits = model(batch)
+            out.append(torch.sigmoid(logits.float()))
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(model: nn.Module, data: ColumnData, *, batch_size: int = 16384, bf16: bool = False) -> dict:
+    """Metrics of ``model`` on ``data`` (GAUC when the data has a ``group`` column), plus inference rows/s."""
+    t0 = time.perf_counter()
+    p = predict_proba(model, data, batch_size=batch_size, bf16=bf16)
+    dt = time.perf_counter() - t0
+    y = data.columns["label"].numpy()
+    g = data.columns["group"].numpy() if "group" in data.columns else None
+    m = compute_metrics(y, p, g)
+    m["inference_rows_per_s"] = len(y) / dt if dt > 0 else float("nan")
+    return m
+
+
+class Trainer:
+    """Fits ``model`` on column data; writes checkpoints and metrics to ``run_dir`` when given."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, run_dir: str | Path | None = None,
+                 on_step: Callable[[int], None] | None = None):
+        self.model = model
+        self.cfg = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.on_step = on_step
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self._emb_params, self._net_params, self._sparse_params, self._dense_params = self._split_params()
+        self.optimizers = self._make_optimizers()
+        self.scheduler = self._make_scheduler()
+        self.step_fn = self._train_step
+        self._best_state: dict | None = None
+        if config.compile:
+            self.forward = torch.compile(model)
+        else:
+            self.forward = model
+
+    # ------------------------------------------------------------------ construction
+    def _split_params(self):
+        emb, net, sparse, dense = [], [], [], []
+        emb_ids = set()
+        for module in self.model.modules():
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                emb.append(module.weight)
+                emb_ids.add(id(module.weight))
+                if module.sparse:
+                    sparse.append(module.weight)
+        sparse_ids = {id(p) for p in sparse}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if id(p) not in sparse_ids:
+                dense.append(p)
+            if id(p) not in emb_ids and p.dim() > 1:
+                net.append(p)
+        return emb, net, sparse, dense
+
+    def _make_optimizers(self) -> list[torch.optim.Optimizer]:
+        c = self.cfg
+        opts: list[torch.optim.Optimizer] = []
+        if c.optimizer == "adam":
+            opts.append(torch.optim.Adam(self._dense_params, lr=c.lr, weight_decay=c.weight_decay))
+            if self._sparse_params:
+                opts.append(torch.optim.SparseAdam(self._sparse_params, lr=c.lr))
+        elif c.optimizer == "adamw":
+            opts.append(torch.optim.AdamW(self._dense_params, lr=c.lr, weight_decay=c.weight_decay))
+            if self._sparse_params:
+                opts.append(torch.optim.SparseAdam(self._sparse_params, lr=c.lr))
+        elif c.optimizer == "adagrad":  # Adagrad accepts sparse gradients directly
+            opts.append(torch.optim.Adagrad(self._dense_params + self._sparse_params, lr=c.lr,
+                                            weight_decay=c.weight_decay if not self._sparse_params else 0.0))
+        else:
+            opts.append(torch.optim.SGD(self._dense_params + self._sparse_params, lr=c.lr))
+        return opts
+
+    def _make_scheduler(self):
+        c = self.cfg
+        opt = self.optimizers[0]
+        if c.lr_schedule == "plateau":
+            mode = "max" if HIGHER_IS_BETTER[c.monitor] else "min"
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=c.lr_factor,
+                                                              patience=c.lr_patience, min_lr=c.min_lr)
+        if c.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=c.epochs, eta_min=c.min_lr)
+        if c.lr_schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(opt, step_size=c.lr_step_epochs, gamma=c.lr_factor)
+        return None
+
+    def _sync_sparse_lr(self) -> None:
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        for opt in self.optimizers[1:]:
+            for g in opt.param_groups:
+                g["lr"] = lr
+
+    # ------------------------------------------------------------------ loss and step
+    def regularization(self) -> torch.Tensor | float:
+        c = self.cfg
+        reg: torch.Tensor | float = 0.0
+        if c.embedding_l2 > 0:
+            reg = reg + c.embedding_l2 / 2 * sum(p.pow(2).sum() for p in self._emb_params if not p.is_sparse)
+        if c.net_l2 > 0:
+            reg = reg + c.net_l2 / 2 * sum(p.pow(2).sum() for p in self._net_params)
+        return reg
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        with _autocast(self.cfg.bf16):
+            logits = self.forward(batch)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
+        total = loss + self.regularization() if (self.cfg.embedding_l2 or self.cfg.net_l2) else loss
+        total.backward()
+        if self.cfg.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self._dense_params, self.cfg.clip_grad_norm)
+        for opt in self.optimizers:
+            opt.step()
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, epoch: int, step: int, best: dict, history: list, steps_total: int, bad_epochs: int,
+               rows: int, seconds: float) -> dict:
+        return {
+            "format": 1,
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "epoch": epoch, "step": step, "steps_total": steps_total, "bad_epochs": bad_epochs,
+            "best": best, "history": history, "rows": rows, "seconds": seconds,
+            "rng": torch.get_rng_state(),
+        }
+
+    def _save_last(self, *args) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir / "last.pt", self._state(*args))
+
+    def _restore(self, state: dict) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            for opt, s in zip(self.optimizers, state["optimizers"]):
+                opt.load_state_dict(s)
+            if self.scheduler is not None and state["scheduler"]:
+                self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not match this model/config: {exc}") from None
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, train: ColumnData, valid: ColumnData, *, resume: bool = False) -> FitResult:
+        c = self.cfg
+        torch.manual_seed(c.seed)
+        better = HIGHER_IS_BETTER[c.monitor]
+        start_epoch, start_step, steps_total, bad_epochs, rows, seconds = 0, 0, 0, 0, 0, 0.0
+        best: dict = {}
+        history: list[dict] = []
+        if resume:
+            if self.run_dir is None or not (self.run_dir / "last.pt").exists():
+                raise CheckpointError(f"nothing to resume: {self.run_dir}/last.pt does not exist")
+            st = load_checkpoint(self.run_dir / "last.pt")
+            self._restore(st)
+            start_epoch, start_step = st["epoch"], st["step"]
+            steps_total, bad_epochs = st["steps_total"], st["bad_epochs"]
+            best, history, rows, seconds = st["best"], st["history"], st["rows"], st["seconds"]
+            if not c.quiet:
+                tqdm.write(f"resuming at epoch {start_epoch + 1}, step {start_step} "
+                           f"({steps_total} steps done)")
+        n_batches = train.num_batches(c.batch_size)
+        stopped_early = bad_epochs >= c.early_stopping_patience
+        last_ckpt = time.monotonic()
+        self.model.train()
+        epoch = start_epoch
+        while epoch < c.epochs and not stopped_early:
+            t_epoch = time.perf_counter()
+            losses = []
+            bar = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch + 1}/{c.epochs}",
+                       disable=c.quiet, leave=False, unit="batch", dynamic_ncols=True)
+            step = start_step
+            done_by_max = False
+            for step, batch in enumerate(train.batches(c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,
+                                                       start=start_step), start_step):
+                loss = self.step_fn(batch)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss} at epoch {epoch + 1}, step {step}; "
+                                             "lower the learning rate or enable clip_grad_norm")
+                losses.append(loss)
+                steps_total += 1
+                rows += batch["label"].shape[0]
+                bar.update(1)
+                if steps_total % 20 == 0 and not c.quiet:
+                    elapsed = seconds + time.perf_counter() - t_epoch
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", rows_s=f"{rows / max(elapsed, 1e-9):,.0f}")
+                if self.on_step is not None:
+                    self.on_step(steps_total)
+                due = (c.checkpoint_every and steps_total % c.checkpoint_every == 0) or \
+                      (c.checkpoint_seconds and time.monotonic() - last_ckpt >= c.checkpoint_seconds)
+                if due and step + 1 < n_batches:
+                    self._save_last(epoch, step + 1, best, history, steps_total, bad_epochs, rows,
+                                    seconds + time.perf_counter() - t_epoch)
+                    last_ckpt = time.monotonic()
+                if c.max_steps and steps_total >= c.max_steps:
+                    done_by_max = True
+                    break
+            bar.close()
+            seconds += time.perf_counter() - t_epoch
+            start_step = 0
+            # ---- end of epoch: validate, schedule, early stopping, checkpoints
+            metrics = evaluate(self.model, valid, batch_size=c.eval_batch_size, bf16=c.bf16)
+            metrics.update(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
+                           lr=self.optimizers[0].param_groups[0]["lr"], steps=steps_total,
+                           train_rows_per_s=rows / seconds if seconds > 0 else float("nan"))
+            history.append(metrics)
+            value = metrics[c.monitor]
+            improved = not best or (value > best[c.monitor] if better else value < best[c.monitor])
+            if improved:
+                best = dict(metrics)
+                bad_epochs = 0
+                if self.run_dir is not None:
+                    save_checkpoint(self.run_dir / "best.pt", {"format": 1, "model": self.model.state_dict(),
+                                                               "epoch": epoch + 1, "metrics": best})
+                else:
+                    self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if self.scheduler is not None:
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(value)
+                else:
+                    self.scheduler.step()
+                self._sync_sparse_lr()
+            if self.run_dir is not None:  # rewritten whole (atomically) so a resumed run never duplicates lines
+                atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            if not c.quiet:
+                tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  val auc {metrics['auc']:.4f}  "
+                           f"logloss {metrics['logloss']:.4f}  {metrics['train_rows_per_s']:,.0f} rows/s"
+                           + ("  *" if improved else ""))
+            stopped_early = bad_epochs >= c.early_stopping_patience
+            epoch += 1
+            self._save_last(epoch, 0, best, history, steps_total, bad_epochs, rows, seconds)
+            last_ckpt = time.monotonic()
+            if done_by_max:
+                break
+        if self.run_dir is not None and (self.run_dir / "best.pt").exists():
+            self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt")["model"])
+        elif self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        return FitResult(best_epoch=int(best.get("epoch", 0)), best_metrics=best, history=history,
+                         train_rows_per_s=rows / seconds if seconds > 0 else float("nan"), train_seconds=seconds,
+                         stopped_early=stopped_early, steps=steps_total)

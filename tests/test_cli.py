@@ -40,7 +40,8 @@ def test_train_evaluate_predict_on_user_files(capsys, tmp_path, user_files):
     run = tmp_path / "run"
     code, out, err = run_cli(capsys, "train", "--schema", user_files / "schema.yaml", "--train",
                              user_files / "train.csv", "--valid", user_files / "valid.csv", "--model", "dnn",
-                             "--param", "hidden_units=[32,16]", "--epochs", "2", "--batch-size", "256", "--quiet",
+                             "--param", "hidden_units=[32,16]", "--epochs", "4", "--batch-size", "256", "--quiet",
+                             "--opt", "early_stopping_patience=4",
                              "--out", run)
     assert code == 0, err
     assert "valid auc" in out
@@ -49,7 +50,7 @@ def test_train_evaluate_predict_on_user_files(capsys, tmp_path, user_files):
     report = json.loads((run / "report.json").read_text())
     assert report["valid"]["auc"] > 0.6 and report["flops_per_example"] > 0 and report["params"] > 0
     assert report["train_rows_per_s"] > 0 and report["inference_rows_per_s"] > 0
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
     assert json.loads((run / "config.json").read_text())["params"]["hidden_units"] == [32, 16]
 
     code, out, err = run_cli(capsys, "evaluate", run, user_files / "test.csv", "--json")

@@ -253,6 +253,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_datasets)
 
+    b = sub.add_parser("bench", help="benchmark zoo models on a dataset (writes results.json + results.md)",
+                       description="Train each model with the dataset's presets (rankcraft/bench/presets.yaml) "
+                       "and tabulate validation AUC/logloss, best epoch, FLOPs/example, params, rows/s, wall time.")
+    b.add_argument("--dataset", required=True, help="recipe: frappe_x1, ml-100k, synthetic, ...")
+    b.add_argument("--data-dir")
+    b.add_argument("--models", required=True, help="comma-separated zoo models")
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--test", help="labelled test file: adds test AUC/logloss")
+    b.add_argument("--seeds", help="comma-separated seeds (default 2021)")
+    b.add_argument("--epochs", type=int, help="override the preset's max epochs")
+    b.add_argument("--bf16", action="store_true")
+    b.add_argument("--threads", type=int)
+    b.add_argument("--rows", type=int, help="rows (synthetic only)")
+    b.add_argument("--presets", help="YAML presets file instead of the built-in one")
+    b.add_argument("--verbose", action="store_true", help="progress bars and per-run lines")
+    b.set_defaults(func=cmd_bench)
+
     m = sub.add_parser("models", help="list zoo models and their hyperparameters")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
@@ -266,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--quiet", action="store_true")
     de.set_defaults(func=cmd_demo)
     return p
+
+
+def cmd_bench(args) -> int:
+    from rankcraft.bench.zoo import main_bench
+
+    return main_bench(args)
 
 
 def cmd_models(args) -> int:

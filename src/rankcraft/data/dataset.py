@@ -65,8 +65,11 @@ class ColumnData:
 
     @staticmethod
     def permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-        """The epoch's row order: a pure function of (seed, epoch), so a resumed run sees the same batches."""
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+        """The epoch's row order: a pure function of (seed, epoch), so a resumed run sees the same batches.
+        (seed, epoch) pairs are mixed through numpy's SeedSequence, so distinct pairs never share a stream seed
+        by arithmetic accident."""
+        mixed = int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch)]).generate_state(1, np.uint64)[0])
+        g = torch.Generator().manual_seed(mixed & 0x7FFFFFFFFFFFFFFF)
         return torch.randperm(n, generator=g)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
@@ -183,11 +186,11 @@ def prepare(source: DataSource, *, cache_dir: str | Path | None = None, use_cach
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = source.fingerprint()
     path = cache_root / f"{source.name}-{key}"
-    if use_cache and (path / "meta.json").exists():
+    if use_cache and path.exists():
         try:
             return _load_cache(path, source.name)
-        except (OSError, ValueError, KeyError):
-            shutil.rmtree(path, ignore_errors=True)  # corrupt cache: rebuild below
+        except Exception:  # any damage (missing/truncated files, bad JSON): rebuild below
+            shutil.rmtree(path, ignore_errors=True)
     raw = source.load_raw()
     enc, splits, skipped = encode_splits(raw, source.schema, valid_fraction=source.valid_fraction, seed=source.seed)
     data = PreparedData(source.name, enc.feature_set(), enc, splits, skipped, path if use_cache else None)
@@ -204,8 +207,13 @@ def _write_cache(path: Path, data: PreparedData) -> None:
         (tmp / "features.json").write_text(json.dumps(data.features.to_dict()))
         for split, cd in data.splits.items():
             cd.save(tmp / split)
+        columns = {split: {k: [len(cd), list(v.shape[1:])] for k, v in cd.columns.items()}
+                   for split, cd in data.splits.items()}
         (tmp / "meta.json").write_text(json.dumps({"name": data.name, "splits": list(data.splits),
-                                                   "skipped": data.skipped, "version": CACHE_VERSION}))
+                                                   "columns": columns, "skipped": data.skipped,
+                                                   "version": CACHE_VERSION}))
+        if path.exists() and not (path / "meta.json").exists():
+            shutil.rmtree(path, ignore_errors=True)  # a damaged leftover, not a concurrent writer's result
         try:
             os.replace(tmp, path)
         except OSError:  # another process won the race: keep theirs
@@ -217,10 +225,26 @@ def _write_cache(path: Path, data: PreparedData) -> None:
 
 def _load_cache(path: Path, name: str) -> PreparedData:
     meta = json.loads((path / "meta.json").read_text())
+    if meta.get("version") != CACHE_VERSION:
+        raise ValueError("cache format version differs")
     enc = Encoders.from_json((path / "encoders.json").read_text())
     features = FeatureSet.from_dict(json.loads((path / "features.json").read_text()))
     splits = {s: ColumnData.load(path / s) for s in meta["splits"]}
+    for s, cols in meta["columns"].items():  # every column present with the recorded shape
+        got = {k: [len(splits[s]), list(v.shape[1:])] for k, v in splits[s].columns.items()}
+        if got != cols:
+            raise ValueError(f"cache split '{s}' is incomplete")
     return PreparedData(name, features, enc, splits, meta.get("skipped", []), path, from_cache=True)
+
+
+def _first_record_width(path: str | Path, delimiter: str) -> int:
+    import csv
+
+    if Path(path).suffix.lower() in (".parquet", ".pq"):
+        return -1
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        rec = next(csv.reader(fh, delimiter=delimiter), [])
+    return len(rec)
 
 
 def encode_file(encoders: Encoders, path: str | Path, *, require_labels: bool = True) -> tuple[ColumnData, RawTable]:
@@ -233,11 +257,16 @@ def encode_file(encoders: Encoders, path: str | Path, *, require_labels: bool = 
     schema = encoders.schema
     cols = schema.required_columns()
     absent: list[str] = []
+    column_names = schema.column_names
     if not require_labels:
-        present = available_columns(path, delimiter=schema.delimiter, column_names=schema.column_names)
+        present = available_columns(path, delimiter=schema.delimiter, column_names=column_names)
+        if column_names is not None and _first_record_width(path, schema.delimiter) == \
+                len(column_names) - len(schema.labels):
+            present = [c for c in column_names if c not in schema.labels]  # headerless file without label field(s)
+            column_names = present
         absent = [c for c in schema.labels if c not in present]
         cols = [c for c in cols if c not in absent]
-    raw = read_table(path, cols, delimiter=schema.delimiter, column_names=schema.column_names,
+    raw = read_table(path, cols, delimiter=schema.delimiter, column_names=column_names,
                      on_error=schema.on_error)
     for c in absent:
         raw.table = raw.table.append_column(c, pa.array(["0"] * raw.num_rows, pa.string()))

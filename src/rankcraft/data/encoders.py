@@ -31,16 +31,36 @@ def _column(raw: RawTable, name: str) -> pa.Array:
 
 
 def _bad_float_rows(values: pa.Array) -> list[int]:
-    """Rows whose non-empty cell does not parse as a float (slow path, only used after a fast cast failed)."""
-    bad = []
-    for i, v in enumerate(values.to_pylist()):
-        if v is None or v.strip() == "":
+    """Rows whose non-empty cell Arrow cannot cast to float64 (the same rule as :func:`parse_floats`).
+
+    Slow path, used only after a fast cast failed: each *distinct* value is tried on its own.
+    """
+    enc = pc.dictionary_encode(pc.utf8_trim_whitespace(values))
+    bad_codes = []
+    for code, v in enumerate(enc.dictionary.to_pylist()):
+        if v is None or v == "":
             continue
         try:
-            float(v)
-        except ValueError:
-            bad.append(i)
-    return bad
+            pc.cast(pa.array([v], pa.string()), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            bad_codes.append(code)
+    if not bad_codes:
+        return []
+    idx = enc.indices.to_numpy(zero_copy_only=False)
+    return np.flatnonzero(np.isin(idx, bad_codes)).tolist()
+
+
+def _lenient_floats(values: pa.Array) -> tuple[np.ndarray, list[int]]:
+    """Like :func:`parse_floats` but unparseable cells become NaN; returns (floats, bad rows)."""
+    x = parse_floats(values)
+    if x is not None:
+        return x, []
+    bad = _bad_float_rows(values)
+    mask = np.zeros(len(values), dtype=bool)
+    mask[bad] = True
+    cleaned = pc.if_else(pa.array(mask), pa.scalar("", pa.string()), values)
+    x = parse_floats(cleaned)
+    return x, bad
 
 
 def parse_floats(values: pa.Array) -> np.ndarray | None:
@@ -55,8 +75,8 @@ def parse_floats(values: pa.Array) -> np.ndarray | None:
 
 
 def _split_lists(values: pa.Array, sep: str) -> tuple[pa.Array, np.ndarray]:
-    """Split separated cells; returns (flat non-empty values, row index of each value)."""
-    lists = pc.split_pattern(values, sep)
+    """Split separated cells (or take list cells as they are); returns (flat non-empty values, row of each)."""
+    lists = values if pa.types.is_list(values.type) else pc.split_pattern(values, sep)
     lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(lists)
     rows = np.repeat(np.arange(len(values), dtype=np.int64), lengths)
@@ -215,8 +235,7 @@ class Encoders:
                     tflat, trows = _split_lists(_column(raw, spec.timestamp_column), spec.separator)
                     ts = parse_floats(tflat)
                     if ts is None or len(ts) != len(ids) or not np.array_equal(trows, rows):
-                        raise DataError(f"timestamps do not match the ids of sequence '{spec.name}' one to one",
-                                        path=raw.path, column=spec.timestamp_column)
+                        raise _timestamp_error(raw, spec, rows, tflat, trows, n)
                     out[spec.name + "__ts"] = _pad_lists(np.nan_to_num(ts), rows, n, spec.max_len, keep_last=True,
                                                          dtype=np.float64).astype(np.float32)
         out["cat"] = (np.stack(cats, axis=1) if cats else np.zeros((n, 0))).astype(np.int64)
@@ -265,6 +284,23 @@ class Encoders:
 
 
 # ---------------------------------------------------------------------------------------------- validation
+def _timestamp_error(raw: RawTable, spec: FeatureSpec, rows: np.ndarray, tflat: pa.Array, trows: np.ndarray,
+                     n: int) -> DataError:
+    """Error at the first row whose timestamps do not pair one-to-one with its ids (or do not parse)."""
+    counts_ids = np.bincount(rows, minlength=n)
+    counts_ts = np.bincount(trows, minlength=n)
+    diff = np.flatnonzero(counts_ids != counts_ts)
+    bad_ts = _bad_float_rows(tflat)
+    candidates = []
+    if len(diff):
+        candidates.append((int(diff[0]), f"timestamps do not pair with ids: {counts_ts[diff[0]]} timestamp(s) "
+                                         f"for {counts_ids[diff[0]]} id(s) of sequence '{spec.name}'"))
+    if bad_ts:
+        candidates.append((int(trows[bad_ts[0]]), "timestamp is not a number"))
+    row, why = min(candidates) if candidates else (0, "timestamps do not match the sequence ids")
+    return raw.error(row, spec.timestamp_column, why)
+
+
 def _numeric_values(raw: RawTable, spec: FeatureSpec) -> np.ndarray:
     x = parse_floats(_column(raw, spec.raw_column))
     if x is None:  # validate_table ran first, so this only happens for unvalidated tables
@@ -283,14 +319,17 @@ def _parse_labels(raw: RawTable, column: str) -> np.ndarray:
 
 
 def _label_problems(raw: RawTable, column: str) -> list[tuple[int, str]]:
+    """Every row whose label is not 0 or 1 (unparseable, missing or out of range), in row order."""
     col = _column(raw, column)
-    y = parse_floats(col)
-    if y is None:
-        return [(i, "label is not a number") for i in _bad_float_rows(col)]
-    bad = np.flatnonzero(~((y == 0) | (y == 1)))
-    vals = col.take(pa.array(bad[:1000])).to_pylist() if len(bad) else []
-    return [(int(i), f"label must be 0 or 1, found {v!r}" if v.strip() else "label is missing")
-            for i, v in zip(bad, vals + ["?"] * (len(bad) - len(vals)))]
+    y, unparseable = _lenient_floats(col)
+    problems = [(i, "label is not a number") for i in unparseable]
+    bad_set = set(unparseable)
+    out_of_range = [int(i) for i in np.flatnonzero(~((y == 0) | (y == 1))) if int(i) not in bad_set]
+    if out_of_range:
+        vals = col.take(pa.array(out_of_range)).to_pylist()
+        problems += [(i, f"label must be 0 or 1, found {v!r}" if v.strip() else "label is missing")
+                     for i, v in zip(out_of_range, vals)]
+    return sorted(problems)
 
 
 def validate_table(raw: RawTable, schema: Schema) -> RawTable:

@@ -35,6 +35,7 @@ class RawTable:
     kind: str = "csv"  # csv | parquet | memory
     delimiter: str = ","
     skipped: list[tuple[int | None, str]] = field(default_factory=list)  # (line, reason) of dropped rows
+    file_columns: int = 0  # fields per record in the file (may exceed the columns kept)
     _lines: list[int] | None = field(default=None, repr=False)
 
     @property
@@ -48,7 +49,8 @@ class RawTable:
         if self._lines is None:
             if not self.skipped and not _has_blank_lines(self.path):
                 return row + 1 + self.header_lines
-            self._lines = _data_lines(self.path, self.delimiter, self.header_lines, len(self.table.schema))
+            n_cols = self.file_columns or len(self.table.schema)
+            self._lines = _data_lines(self.path, self.delimiter, self.header_lines, n_cols)
         return self._lines[row]
 
     def error(self, row: int, column: str | None, message: str) -> DataError:
@@ -67,7 +69,7 @@ class RawTable:
             mask = keep.to_pylist() if isinstance(keep, pa.Array) else list(keep)
             lines = [ln for ln, k in zip(all_lines, mask) if k]
         out = RawTable(self.table.filter(keep), self.path, self.header_lines, self.kind, self.delimiter,
-                       list(self.skipped))
+                       list(self.skipped), self.file_columns)
         out._lines = lines
         return out
 
@@ -76,7 +78,7 @@ def _has_blank_lines(path: str) -> bool:
     with open(path, "rb") as fh:
         prev = b"\n"
         for chunk in iter(lambda: fh.read(1 << 20), b""):
-            data = prev[-1:] + chunk
+            data = prev[-2:] + chunk
             if b"\n\n" in data or b"\n\r\n" in data:
                 return True
             prev = chunk
@@ -99,7 +101,7 @@ def _data_lines(path: str, delimiter: str, header_lines: int, n_cols: int) -> li
 
 
 def _read_header(path: str, delimiter: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
         rec = next(csv.reader(fh, delimiter=delimiter), None)
     if not rec:
         raise DataError("file is empty (no header line)", path=path, line=1)
@@ -162,7 +164,7 @@ def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",
         table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
     except pa.ArrowInvalid as exc:  # e.g. invalid UTF-8, unterminated quote
         raise DataError(f"cannot parse file: {exc}", path=path) from None
-    raw = RawTable(table, path, header_lines, "csv", delimiter)
+    raw = RawTable(table, path, header_lines, "csv", delimiter, file_columns=len(names))
     if ragged:
         bad = _find_ragged(path, delimiter, header_lines, len(names))
         if on_error == "raise":
@@ -173,7 +175,7 @@ def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str]) -> RawTable:
-    """Read ``columns`` of a Parquet file, each cast to strings."""
+    """Read ``columns`` of a Parquet file, each cast to strings (list columns to lists of strings)."""
     path = str(path)
     if not os.path.exists(path):
         raise DataError("file not found", path=path)
@@ -189,14 +191,16 @@ def read_parquet(path: str | os.PathLike, columns: list[str]) -> RawTable:
 
 
 def table_to_strings(table: pa.Table) -> pa.Table:
-    """Cast every column to string; nulls become empty strings (our 'missing' marker)."""
+    """Cast every column to string; nulls become empty strings (our 'missing' marker). List columns (Parquet
+    multi-valued / sequence features) become ``list<string>`` and need no separator."""
     import pyarrow.compute as pc
 
     cols = []
     for col in table.columns:
         if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-            # list columns (e.g. Parquet sequences) are joined with '|' so they parse like a separated cell
-            col = pc.binary_join(pc.cast(col, pa.list_(pa.string())), "|")
+            col = pc.cast(col, pa.list_(pa.string()))
+            cols.append(pc.fill_null(col, pa.scalar([], pa.list_(pa.string()))))
+            continue
         elif not pa.types.is_string(col.type):
             col = pc.cast(col, pa.string())
         cols.append(pc.fill_null(col, ""))

@@ -30,6 +30,8 @@ from rankcraft.errors import ConfigError
 FeatureType = Literal["categorical", "numeric", "multi_categorical", "sequence"]
 Source = Literal["user", "item", "context"]
 NumericTransform = Literal["none", "log", "standardize", "bucketize"]
+# keys of the batch dict that features may not use as names (see rankcraft.data.features)
+RESERVED_NAMES = frozenset({"label", "labels", "cat", "num", "group"})
 
 
 class _Strict(BaseModel):
@@ -77,6 +79,9 @@ class FeatureSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_options(self) -> "FeatureSpec":
+        if self.name in RESERVED_NAMES or self.name.endswith("__ts"):
+            raise ValueError(f"feature name '{self.name}' is reserved (batch keys: {sorted(RESERVED_NAMES)}, "
+                             "'*__ts'); use 'column' to read a raw column of that name")
         if self.type != "numeric" and self.transform != "none":
             raise ValueError(f"feature '{self.name}': 'transform' applies to numeric features only")
         if self.type not in ("multi_categorical", "sequence"):
@@ -151,6 +156,10 @@ class Schema(_Strict):
             data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: schema file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a schema file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read schema file ({exc})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):

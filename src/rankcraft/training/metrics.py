@@ -50,7 +50,7 @@ def gauc(y: np.ndarray, p: np.ndarray, group: np.ndarray) -> float:
     group = np.asarray(group)
     order = np.argsort(group, kind="stable")
     g, y, p = group[order], y[order], p[order]
-    bounds = np.flatnonzero(np.diff(g)) + 1
+    bounds = np.flatnonzero(g[1:] != g[:-1]) + 1  # works for numeric and string ids
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(g)]])
     num = den = 0.0

@@ -1,0 +1,142 @@
+"""Train a list of zoo models on one dataset with fixed presets; write ``results.json`` and ``results.md``.
+
+Every number in the output is measured in this run: validation AUC/logloss of the best epoch, the best epoch,
+FLOPs per example (``torch.utils.flop_counter``), parameters, training rows/s of the whole loop (batching
+included, evaluation excluded), wall time, and — with ``test_file`` — test metrics computed with the run's encoders.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+import yaml
+
+from rankcraft import api
+from rankcraft.data.dataset import encode_file, prepare
+from rankcraft.errors import ConfigError
+from rankcraft.training.checkpoint import atomic_write_json, atomic_write_text
+from rankcraft.training.trainer import evaluate
+
+
+def load_presets(path: str | Path | None = None) -> dict:
+    text = Path(path).read_text() if path else resources.files("rankcraft.bench").joinpath("presets.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _fmt(x, digits=4):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir: str | None = None,
+                  test_file: str | None = None, seeds: list[int] | None = None, presets: dict | None = None,
+                  train_overrides: dict | None = None, param_overrides: dict | None = None,
+                  quiet: bool = True, rows: int | None = None) -> dict:
+    """Run the benchmark; returns the results dict that is also written to ``out/results.json``."""
+    presets = presets or load_presets()
+    key = dataset.replace("_", "-") if dataset.replace("_", "-") in presets else dataset
+    if key not in presets:
+        raise ConfigError(f"no benchmark presets for dataset '{dataset}' (have: {', '.join(presets)})")
+    ds = presets[key]
+    seeds = seeds or [2021]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = api.DataSpec(recipe=dataset, data_dir=data_dir, rows=rows)
+    data = prepare(spec.source())
+    results = {"dataset": dataset, "command": None, "machine": {"platform": platform.platform(),
+               "torch": torch.__version__, "threads": torch.get_num_threads()}, "models": {}}
+    for name in models:
+        params = dict(ds.get("models", {}).get(name, {}))
+        params.update((param_overrides or {}).get(name, {}))
+        runs = []
+        for seed in seeds:
+            train = dict(ds.get("train", {}))
+            train.update(train_overrides or {})
+            train.update(seed=seed, quiet=quiet)
+            cfg = api.RunConfig(data=spec, model=name, params=params, train=train)
+            run_dir = out / "runs" / f"{name}-seed{seed}"
+            if run_dir.exists():
+                import shutil
+                shutil.rmtree(run_dir)
+            t0 = time.perf_counter()
+            res = api.train(cfg, out=run_dir, data=data)
+            wall = time.perf_counter() - t0
+            r = res.report
+            row = {"seed": seed, "valid_auc": r["valid"]["auc"], "valid_logloss": r["valid"]["logloss"],
+                   "valid_gauc": r["valid"].get("gauc"), "best_epoch": r["best_epoch"],
+                   "epochs_run": r["epochs_run"], "flops_per_example": r["flops_per_example"], "params": r["params"],
+                   "train_rows_per_s": r["train_rows_per_s"], "inference_rows_per_s": r["inference_rows_per_s"],
+                   "wall_seconds": wall}
+            if test_file:
+                tdata, _ = encode_file(data.encoders, test_file)
+                m = evaluate(res.model, tdata)
+                row.update(test_auc=m["auc"], test_logloss=m["logloss"])
+            runs.append(row)
+            if not quiet:
+                print(f"{name} seed {seed}: valid auc {row['valid_auc']:.4f} logloss {row['valid_logloss']:.4f}")
+        agg = {"params": params, "runs": runs}
+        for k in ("valid_auc", "valid_logloss", "valid_gauc", "test_auc", "test_logloss", "train_rows_per_s"):
+            vals = [r[k] for r in runs if r.get(k) is not None]
+            if vals:
+                agg[k + "_mean"] = statistics.fmean(vals)
+                agg[k + "_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+        agg.update(flops_per_example=runs[0]["flops_per_example"], params_count=runs[0]["params"],
+                   best_epoch=runs[0]["best_epoch"], wall_seconds=statistics.fmean(r["wall_seconds"] for r in runs))
+        results["models"][name] = agg
+        atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "results.md", to_markdown(results))
+    return results
+
+
+def to_markdown(results: dict) -> str:
+    ms = results["models"]
+    has_test = any("test_auc_mean" in m for m in ms.values())
+    multi = any(len(m["runs"]) > 1 for m in ms.values())
+    head = "| model | valid AUC | valid logloss |" + (" test AUC | test logloss |" if has_test else "") + \
+        " best epoch | FLOPs/example | params | train rows/s | wall s |"
+    sep = "|" + "---|" * (head.count("|") - 1)
+    lines = [f"Dataset: {results['dataset']}" + (" (mean ± std over seeds)" if multi else ""), "", head, sep]
+    for name, m in sorted(ms.items(), key=lambda kv: -kv[1]["valid_auc_mean"]):
+        def cell(k):
+            if k + "_mean" not in m:
+                return "—"
+            s = _fmt(m[k + "_mean"])
+            return s + (f" ± {_fmt(m[k + '_std'])}" if multi else "")
+        row = f"| {name} | {cell('valid_auc')} | {cell('valid_logloss')} |"
+        if has_test:
+            row += f" {cell('test_auc')} | {cell('test_logloss')} |"
+        row += (f" {m['best_epoch']} | {m['flops_per_example']:,.0f} | {m['params_count']:,} | "
+                f"{m['train_rows_per_s_mean']:,.0f} | {m['wall_seconds']:.0f} |")
+        lines.append(row)
+    if results.get("command"):
+        lines += ["", f"Command: `{results['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main_bench(args) -> int:
+    models = [m for m in args.models.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    overrides = {}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.bf16:
+        overrides["bf16"] = True
+    if args.threads:
+        overrides["threads"] = args.threads
+    res = run_benchmark(args.dataset, models, args.out, data_dir=args.data_dir, test_file=args.test, seeds=seeds,
+                        presets=load_presets(args.presets) if args.presets else None, train_overrides=overrides,
+                        quiet=not args.verbose, rows=args.rows)
+    import sys
+    res["command"] = "rankcraft " + " ".join(sys.argv[1:])
+    atomic_write_json(Path(args.out) / "results.json", res)
+    md = to_markdown(res)
+    atomic_write_text(Path(args.out) / "results.md", md)
+    print(md)
+    return 0
+
+
+__all__ = ["load_presets", "run_benchmark", "to_markdown", "main_bench"]

@@ -220,7 +220,7 @@ def test_sequence_left_padded_keeps_last_items_with_timestamps():
         [0, 0, 0],
         [0, 0, ids["e"]],
     ]
-    assert tr["hist__ts"].dtype == np.float32
+    assert tr["hist__ts"].dtype == np.float64
     np.testing.assert_allclose(tr["hist__ts"], [[3, 4, 5], [0, 10, 20], [0, 0, 0], [0, 0, 7.5]])
     fs = enc.feature_set()
     assert fs["hist"].kind == "sequence" and fs["hist"].has_timestamps and fs["hist"].max_len == 3

@@ -53,13 +53,17 @@ class DataSpec(BaseModel):
     rows: int | None = Field(default=None, ge=10)  # synthetic recipe only
     seed: int = 0
     valid_fraction: float = Field(default=0.1, gt=0, lt=1)
+    options: dict = Field(default_factory=dict)  # recipe-specific options, e.g. {max_len: 100} for ml-100k-seq
 
     def source(self) -> DataSource:
         if self.recipe:
-            opts = {}
+            opts = dict(self.options)
             if self.recipe == "synthetic":
-                opts = {"rows": self.rows or 50_000, "seed": self.seed}
-            return get_source(self.recipe, self.data_dir, **opts)
+                opts.update(rows=self.rows or 50_000, seed=self.seed)
+            try:
+                return get_source(self.recipe, self.data_dir, **opts)
+            except TypeError as exc:
+                raise ConfigError(f"data.options: {exc}") from None
         if self.schema_file or self.schema_inline is not None:
             schema = (Schema.from_yaml(self.schema_file) if self.schema_file
                       else Schema.from_dict(self.schema_inline, origin="data.schema"))

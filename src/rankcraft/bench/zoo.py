@@ -50,11 +50,13 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
     results = {"dataset": dataset, "command": None, "machine": {"platform": platform.platform(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}, "models": {}}
     for name in models:
-        params = dict(ds.get("models", {}).get(name, {}))
+        preset = ds.get("models", {}).get(name) or {}
+        params = dict(preset.get("params", {}))
         params.update((param_overrides or {}).get(name, {}))
         runs = []
         for seed in seeds:
             train = dict(ds.get("train", {}))
+            train.update(preset.get("train", {}))
             train.update(train_overrides or {})
             train.update(seed=seed, quiet=quiet)
             cfg = api.RunConfig(data=spec, model=name, params=params, train=train)
@@ -78,7 +80,7 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
             runs.append(row)
             if not quiet:
                 print(f"{name} seed {seed}: valid auc {row['valid_auc']:.4f} logloss {row['valid_logloss']:.4f}")
-        agg = {"params": params, "runs": runs}
+        agg = {"params": params, "train": train, "runs": runs}
         for k in ("valid_auc", "valid_logloss", "valid_gauc", "test_auc", "test_logloss", "train_rows_per_s"):
             vals = [r[k] for r in runs if r.get(k) is not None]
             if vals:

@@ -236,8 +236,9 @@ class Encoders:
                     ts = parse_floats(tflat)
                     if ts is None or len(ts) != len(ids) or not np.array_equal(trows, rows):
                         raise _timestamp_error(raw, spec, rows, tflat, trows, n)
+                    # float64: unix seconds (~1e9) would lose ~1 minute of resolution in float32
                     out[spec.name + "__ts"] = _pad_lists(np.nan_to_num(ts), rows, n, spec.max_len, keep_last=True,
-                                                         dtype=np.float64).astype(np.float32)
+                                                         dtype=np.float64)
         out["cat"] = (np.stack(cats, axis=1) if cats else np.zeros((n, 0))).astype(np.int64)
         out["num"] = (np.stack(nums, axis=1) if nums else np.zeros((n, 0))).astype(np.float32)
         if self.schema.user_column:

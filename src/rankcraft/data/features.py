@@ -11,7 +11,9 @@ Batch layout (a ``dict[str, Tensor]``, batch size ``B``) — the contract betwee
   transformed.
 * ``<name>`` for each multi-valued / sequence feature: ``LongTensor[B, max_len]`` (0 = padding). Sequences are
   left-padded (most recent event last); multi-valued features are right-padded.
-* ``<name>__ts`` for a sequence with timestamps: ``FloatTensor[B, max_len]`` (0 at padding).
+* ``<name>__ts`` for a sequence with timestamps: ``DoubleTensor[B, max_len]`` in the file's units, e.g. unix
+  seconds (0 at padding). float64 because float32 cannot resolve seconds at unix-time magnitudes; models take
+  differences first and then cast.
 * ``"label"``: ``FloatTensor[B]`` (first label) and, for several labels, ``"labels"``: ``FloatTensor[B, T]``.
 * ``"group"``: ``LongTensor[B]`` — user id for GAUC (only when the schema names a user column).
 

@@ -5,6 +5,7 @@
 | ``synthetic`` | generated (embedded default) | planted logit, 80/10/10 in generation order |
 | ``frappe_x1`` | directory with ``train.csv``, ``valid.csv`` [, ``test.csv``] (BARS layout) | given files |
 | ``ml-100k`` | directory with ``u.data``, ``u.user``, ``u.item`` | rating >= 4; global time split (below) |
+| ``ml-100k-seq`` | the same | as ml-100k, plus each user's earlier items/timestamps/genres |
 | ``criteo`` | one file or a directory of ``train``/``valid``/``test`` files: label, I1-I13, C1-C26 | 10% seeded valid |
 | ``avazu`` | one file or a directory: ``click`` label, ``hour``, categorical columns | 10% seeded valid |
 
@@ -42,6 +43,7 @@ def recipe(name: str, help: str):
 
 
 def find_data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
+    """The directory of recipe ``name``: ``data_dir`` if given, else the first default location that exists."""
     if data_dir is not None:
         p = Path(data_dir)
         if not p.exists():
@@ -184,6 +186,69 @@ def ml100k_source(data_dir: str | None = None) -> DataSource:
 
     return DataSource(name="ml-100k", schema=ml100k_schema(), loader=load,
                       inputs=[str(d / f) for f in ("u.data", "u.user", "u.item")], version="1")
+
+
+def ml100k_seq_schema(max_len: int = 50) -> Schema:
+    base = ml100k_schema()
+    feats = list(base.features) + [
+        FeatureSpec(name="genre1", type="categorical", source="item"),
+        FeatureSpec(name="hist_items", type="sequence", source="user", separator="^", max_len=max_len,
+                    share_vocab_with="item", timestamp_column="hist_ts"),
+        FeatureSpec(name="hist_genres", type="sequence", source="user", separator="^", max_len=max_len,
+                    share_vocab_with="genre1"),
+    ]
+    return Schema(labels=["label"], features=feats, user_column="user")
+
+
+def add_histories(table: pa.Table, ts: np.ndarray, max_len: int) -> pa.Table:
+    """Append each impression's behaviour history, built strictly from the same user's *earlier* events.
+
+    For the event (u, i, t): ``hist_items`` = the items u rated at timestamps ``< t`` (same-second events are
+    excluded, so neither the target nor anything simultaneous or later can leak), oldest first, the last
+    ``max_len`` of them; ``hist_ts`` their timestamps; ``hist_genres`` each history item's first genre.
+    ``genre1`` is the impression item's own first genre.
+    """
+    users = np.array(table.column("user").to_pylist(), dtype=np.int64)
+    items = table.column("item").to_pylist()
+    genres = table.column("genres").to_pylist()
+    genre1 = [g.split("|")[0] if g else "" for g in genres]
+    order = np.lexsort((np.arange(len(ts)), ts, users))  # by user, then time
+    hist_items = [""] * len(ts)
+    hist_ts = [""] * len(ts)
+    hist_genres = [""] * len(ts)
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    for grp in np.split(order, bounds):
+        t = ts[grp]
+        earlier = np.searchsorted(t, t, side="left")  # number of events strictly before each event
+        its = [items[j] for j in grp]
+        gs = [genre1[j] for j in grp]
+        tss = [str(x) for x in t]
+        for pos, j in enumerate(grp):
+            k = int(earlier[pos])
+            lo = max(0, k - max_len)
+            hist_items[j] = "^".join(its[lo:k])
+            hist_ts[j] = "^".join(tss[lo:k])
+            hist_genres[j] = "^".join(gs[lo:k])
+    return (table.append_column("genre1", pa.array(genre1, pa.string()))
+            .append_column("hist_items", pa.array(hist_items, pa.string()))
+            .append_column("hist_ts", pa.array(hist_ts, pa.string()))
+            .append_column("hist_genres", pa.array(hist_genres, pa.string())))
+
+
+@recipe("ml-100k-seq", "MovieLens-100K with behaviour sequences (earlier items, timestamps, genres), time split")
+def ml100k_seq_source(data_dir: str | None = None, *, max_len: int = 50) -> DataSource:
+    d = find_data_dir("ml-100k", data_dir)
+
+    def load() -> dict[str, RawTable]:
+        table, ts = load_ml100k_table(d)
+        table = add_histories(table, ts, max_len)
+        users = np.array(table.column("user").to_pylist(), dtype=np.int64)
+        items = np.array(table.column("item").to_pylist(), dtype=np.int64)
+        parts = time_split(table, ts, [users, items])
+        return {k: RawTable(v, str(d / "u.data"), 0, "memory") for k, v in parts.items()}
+
+    return DataSource(name="ml-100k-seq", schema=ml100k_seq_schema(max_len), loader=load,
+                      inputs=[str(d / f) for f in ("u.data", "u.user", "u.item")], version=f"1:max_len={max_len}")
 
 
 CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]

@@ -32,17 +32,19 @@ class FeatureEmbedding(nn.Module):
         fused: one shared table with per-feature offsets (True) or one table per feature (False).
         sparse: produce sparse gradients for the tables (use with Adagrad / SparseAdam).
         init_std: standard deviation of the normal initialisation.
+        pool_exclude: multi-valued/sequence features that are *not* pooled into fields (a sequence model encodes
+            them itself through :meth:`sequence`); their tables still exist.
     """
 
     def __init__(self, features: FeatureSet, dim: int, *, fused: bool = True, sparse: bool = False,
-                 init_std: float = 1e-4):
+                 init_std: float = 1e-4, pool_exclude: frozenset[str] | set[str] = frozenset()):
         super().__init__()
         self.features = features
         self.dim = dim
         self.fused = fused
         self.cat_names = [f.name for f in features.categorical]
         self.num_names = [f.name for f in features.numeric]
-        self.bag_names = [f.name for f in features.multi] + [f.name for f in features.sequences]
+        self.bag_names = [f.name for f in features.multi + features.sequences if f.name not in pool_exclude]
 
         # one table per distinct `embedding_table`
         sizes: dict[str, int] = {}

@@ -1,7 +1,8 @@
 """The trainer: owns the optimiser, the loop, evaluation, early stopping and checkpoints. Models only map a batch to
 logits.
 
-Objective per step: ``BCEWithLogits(model(batch), y) + R`` with the optional regulariser (FuxiCTR-style, applied to
+Objective per step: ``BCEWithLogits(model(batch), y) + R + model.aux_loss`` (a model may set a tensor attribute
+``aux_loss`` during its forward pass, e.g. a mixture-of-experts load-balancing term) with the optional regulariser (FuxiCTR-style, applied to
 whole tables every step)
 
 ``R = (λ_emb / 2) Σ_{embedding tables} ||W||²  +  (λ_net / 2) Σ_{other weights} ||W||²``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -210,6 +212,9 @@ class Trainer:
             logits = self.forward(batch)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
         total = loss + self.regularization() if (self.cfg.embedding_l2 or self.cfg.net_l2) else loss
+        aux = getattr(self.model, "aux_loss", None)  # e.g. MoS load balancing; already weighted by the model
+        if isinstance(aux, torch.Tensor):
+            total = total + aux.float()
         total.backward()
         if self.cfg.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._dense_params, self.cfg.clip_grad_norm)
@@ -273,7 +278,7 @@ class Trainer:
             t_epoch = time.perf_counter()
             losses = []
             bar = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch + 1}/{c.epochs}",
-                       disable=c.quiet, leave=False, unit="batch", dynamic_ncols=True)
+                       disable=c.quiet or not sys.stderr.isatty(), leave=False, unit="batch", dynamic_ncols=True)
             step = start_step
             done_by_max = False
             for step, batch in enumerate(train.batches(c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,

@@ -168,3 +168,37 @@ def test_installed_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "rankcraft.cli.main", "train", "--help"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "--resume" in proc.stdout and "--schema" in proc.stdout
+
+
+def test_bench_writes_tables_and_merges(capsys, tmp_path):
+    out = tmp_path / "bench"
+    code, _, err = run_cli(capsys, "bench", "--dataset", "synthetic", "--rows", "2000", "--models", "dnn",
+                           "--epochs", "1", "--out", out)
+    assert code == 0, err
+    code, stdout, err = run_cli(capsys, "bench", "--dataset", "synthetic", "--rows", "2000", "--models", "lr",
+                                "--epochs", "1", "--seeds", "1,2", "--out", out)
+    assert code == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["models"]) == {"dnn", "lr"}  # the second run kept the first one's row
+    assert [r["seed"] for r in res["models"]["lr"]["runs"]] == [1, 2]
+    assert len(res["commands"]) == 2 and "--models lr" in res["commands"][1]["command"]
+    md = (out / "results.md").read_text()
+    assert "| dnn |" in md and "| lr |" in md and "±" in md
+    for m in res["models"].values():
+        assert 0 < m["valid_auc_mean"] <= 1 and m["flops_per_example"] > 0 and m["params_count"] > 0
+
+
+def test_analyze_sessions_on_an_event_file(capsys, tmp_path):
+    rows = ["user,timestamp,genres"]
+    # user 1: session A (drama, drama), 2-day gap, session B (comedy), 2-day gap, back to drama
+    for t, g in [(0, "Drama"), (60, "Drama"), (200_000, "Comedy"), (200_060, "Comedy"), (400_000, "Drama")]:
+        rows.append(f"1,{t},{g}")
+    f = tmp_path / "events.csv"
+    f.write_text("\n".join(rows) + "\n")
+    png = tmp_path / "s.png"
+    code, out, err = run_cli(capsys, "analyze", "sessions", "--dataset", f, "--json", "--png", png)
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["sessions"] == 3 and r["users"] == 1 and r["events"] == 5
+    assert r["hop_rate"] == 1.0  # Drama → Comedy → Drama: every session's theme is absent from the next one
+    assert png.exists() and png.stat().st_size > 1000

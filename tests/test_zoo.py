@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models import available_models, build_model
+from rankcraft.models.registry import requires_sequence
 from rankcraft.training.profile import flops_per_example
 
 STEPS, BATCH, LR = 40, 256, 1e-2
@@ -38,6 +39,8 @@ VARIANTS = [
     ("dcnv2", {"use_low_rank_mixture": True, "low_rank": 8, "num_experts": 3}),
     ("dcnv2", {"model_structure": "stacked", "use_low_rank_mixture": True}),
     ("dlrm", {"self_interaction": True, "bottom_mlp_units": []}),
+    ("dlrm", {"interaction_op": "cat"}),
+    ("dnn", {"linear_init": "xavier_normal"}),
     ("autoint", {"hidden_units": []}),
     ("autoint", {"use_wide": True, "layer_norm": True, "use_scale": True, "attention_layers": 1}),
     ("xdeepfm", {"cin_split_half": False, "cin_layer_units": [16, 15], "hidden_units": []}),
@@ -46,7 +49,8 @@ VARIANTS = [
     ("masknet", {"model_type": "serial"}),
     ("masknet", {"model_type": "serial", "hidden_units": [], "emb_layernorm": False, "net_layernorm": False}),
 ]
-CASES = [(m, {}) for m in available_models()] + VARIANTS
+# behaviour-sequence models need a sequence feature; they have their own tests (test_sequence_models, test_mos)
+CASES = [(m, {}) for m in available_models() if not requires_sequence(m)] + VARIANTS
 CASE_IDS = [m + "".join(f"-{k}={v}" for k, v in p.items()) for m, p in CASES]
 
 
@@ -136,7 +140,10 @@ def test_model_trains_roundtrips_and_profiles(name, params, full_data, tmp_path)
     assert flops_per_example(model, probe) > 0
 
 
-@pytest.mark.parametrize("name", available_models())
+NON_SEQUENCE = [m for m in available_models() if not requires_sequence(m)]
+
+
+@pytest.mark.parametrize("name", NON_SEQUENCE)
 def test_model_learns_on_categorical_only_features(name):
     """frappe-like input: no numeric and no multi-valued features."""
     model = build_model(name, CAT_ONLY, {})
@@ -144,7 +151,7 @@ def test_model_learns_on_categorical_only_features(name):
 
 
 @pytest.mark.parametrize("fs", [NO_MULTI, NO_NUMERIC, WITH_SEQUENCE], ids=["no_multi", "no_numeric", "sequence"])
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", NON_SEQUENCE)
 def test_model_runs_on_other_feature_sets(name, fs):
     model = build_model(name, fs, {"fused_embedding": False})
     data = make_data(fs, 32, seed=2)
@@ -161,6 +168,12 @@ def test_unknown_or_invalid_hyperparameters_raise_config_error(name):
         build_model(name, FULL, {"no_such_param": 1})
     with pytest.raises(ConfigError):
         build_model(name, FULL, {"embedding_dim": 0})
+
+
+@pytest.mark.parametrize("name", [m for m in available_models() if requires_sequence(m)])
+def test_sequence_models_refuse_data_without_a_sequence(name):
+    with pytest.raises(ConfigError, match="sequence"):
+        build_model(name, FULL, {})
 
 
 @pytest.mark.parametrize(("name", "params"), [

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
@@ -145,6 +146,7 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
     if not config.train.quiet:
         for msg in data.skipped:
             print(f"warning: {msg}")
+    torch.manual_seed(config.train.seed)  # the initial weights are part of the seeded run
     model = build_model(config.model, data.features, config.params)
     if run_dir is not None:
         atomic_write_json(run_dir / "config.json", config.to_dict())

@@ -7,6 +7,7 @@ included, evaluation excluded), wall time, and — with ``test_file`` — test m
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
@@ -35,7 +36,8 @@ def _fmt(x, digits=4):
 def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir: str | None = None,
                   test_file: str | None = None, seeds: list[int] | None = None, presets: dict | None = None,
                   train_overrides: dict | None = None, param_overrides: dict | None = None,
-                  quiet: bool = True, rows: int | None = None) -> dict:
+                  quiet: bool = True, rows: int | None = None, merge: bool = True,
+                  command: str | None = None) -> dict:
     """Run the benchmark; returns the results dict that is also written to ``out/results.json``."""
     presets = presets or load_presets()
     key = dataset.replace("_", "-") if dataset.replace("_", "-") in presets else dataset
@@ -47,8 +49,14 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
     out.mkdir(parents=True, exist_ok=True)
     spec = api.DataSpec(recipe=dataset, data_dir=data_dir, rows=rows)
     data = prepare(spec.source())
-    results = {"dataset": dataset, "command": None, "machine": {"platform": platform.platform(),
+    results = {"dataset": dataset, "commands": [], "machine": {"platform": platform.platform(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}, "models": {}}
+    previous = out / "results.json"
+    if merge and previous.exists():  # re-running some models replaces their rows and keeps the others
+        old = json.loads(previous.read_text())
+        if old.get("dataset") == dataset:
+            results["models"] = old.get("models", {})
+            results["commands"] = old.get("commands", [])
     for name in models:
         preset = ds.get("models", {}).get(name) or {}
         params = dict(preset.get("params", {}))
@@ -90,6 +98,9 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
                    best_epoch=runs[0]["best_epoch"], wall_seconds=statistics.fmean(r["wall_seconds"] for r in runs))
         results["models"][name] = agg
         atomic_write_json(out / "results.json", results)
+    if command:
+        results["commands"].append({"command": command, "models": models})
+        atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", to_markdown(results))
     return results
 
@@ -114,8 +125,9 @@ def to_markdown(results: dict) -> str:
         row += (f" {m['best_epoch']} | {m['flops_per_example']:,.0f} | {m['params_count']:,} | "
                 f"{m['train_rows_per_s_mean']:,.0f} | {m['wall_seconds']:.0f} |")
         lines.append(row)
-    if results.get("command"):
-        lines += ["", f"Command: `{results['command']}`"]
+    cmds = results.get("commands") or []
+    if cmds:
+        lines += ["", "Produced by:"] + [f"- `{c['command']}`" for c in cmds]
     return "\n".join(lines) + "\n"
 
 
@@ -129,15 +141,13 @@ def main_bench(args) -> int:
         overrides["bf16"] = True
     if args.threads:
         overrides["threads"] = args.threads
+    import shlex
+
     res = run_benchmark(args.dataset, models, args.out, data_dir=args.data_dir, test_file=args.test, seeds=seeds,
                         presets=load_presets(args.presets) if args.presets else None, train_overrides=overrides,
-                        quiet=not args.verbose, rows=args.rows)
-    import sys
-    res["command"] = "rankcraft " + " ".join(sys.argv[1:])
-    atomic_write_json(Path(args.out) / "results.json", res)
-    md = to_markdown(res)
-    atomic_write_text(Path(args.out) / "results.md", md)
-    print(md)
+                        quiet=not args.verbose, rows=args.rows, merge=not args.fresh,
+                        command="rankcraft " + shlex.join(args.argv))
+    print(to_markdown(res))
     return 0
 
 

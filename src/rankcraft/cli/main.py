@@ -268,7 +268,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rows", type=int, help="rows (synthetic only)")
     b.add_argument("--presets", help="YAML presets file instead of the built-in one")
     b.add_argument("--verbose", action="store_true", help="progress bars and per-run lines")
+    b.add_argument("--fresh", action="store_true", help="discard earlier rows in OUT/results.json (default: "
+                   "re-run models replace their rows, others are kept)")
     b.set_defaults(func=cmd_bench)
+
+    an = sub.add_parser("analyze", help="data analyses (session hopping)")
+    an_sub = an.add_subparsers(dest="analysis", metavar="ANALYSIS")
+    se = an_sub.add_parser("sessions", help="within- vs across-session similarity and theme returns (MoS)",
+                           description="Cut each user's events into sessions by a time gap; report the "
+                           "similarity of consecutive items within and across sessions and how often a session's "
+                           "theme returns k sessions later; optionally plot to PNG.")
+    se.add_argument("--dataset", default="ml-100k", help="recipe (ml-100k reads the full rating log) or an event "
+                    "file with user, timestamp and category columns")
+    se.add_argument("--data-dir")
+    se.add_argument("--gap-seconds", type=float, default=86_400.0, help="new session after this gap (default 1 day)")
+    se.add_argument("--max-k", type=int, default=10, help="largest session lag for theme returns")
+    se.add_argument("--png", help="write the plot here")
+    se.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    se.set_defaults(func=cmd_analyze_sessions)
 
     m = sub.add_parser("models", help="list zoo models and their hyperparameters")
     m.add_argument("--json", action="store_true")
@@ -283,6 +300,29 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--quiet", action="store_true")
     de.set_defaults(func=cmd_demo)
     return p
+
+
+def cmd_analyze_sessions(args) -> int:
+    from rankcraft.analysis.sessions import analyze_sessions, format_session_report
+
+    target = args.dataset
+    if os.path.exists(target) and not os.path.isdir(target):
+        result = analyze_sessions(target, gap_seconds=args.gap_seconds, max_k=args.max_k, out_png=args.png)
+    else:
+        from rankcraft.data.recipes import find_data_dir
+
+        name = target
+        data_dir = str(find_data_dir("ml-100k" if name.startswith("ml-100k") else name, args.data_dir)) \
+            if name.startswith("ml-100k") else args.data_dir
+        result = analyze_sessions(name, data_dir=data_dir, gap_seconds=args.gap_seconds, max_k=args.max_k,
+                                  out_png=args.png, title=name)
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+    else:
+        print(format_session_report(result))
+        if args.png:
+            print(f"plot written to {args.png}")
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -312,6 +352,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by commands that log how they were run
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

@@ -314,3 +314,7 @@ def schema_source(schema: Schema, train: str, valid: str | None = None, test: st
         files["test"] = str(test)
     return DataSource(name=name or Path(train).stem, schema=schema, files=files, valid_fraction=valid_fraction,
                       seed=seed)
+
+
+# recipes defined in their own modules register themselves on import
+from rankcraft.data import sessions as _sessions  # noqa: E402,F401

@@ -6,11 +6,16 @@
 * sparse fields ``e = FeatureEmbedding(categorical + multi-valued + sequence features) : [B, F_s, d]``.
 * ``p = DotInteraction([z; e]) : [B, (F_s+1)F_s/2]`` (pairs ``i < j``, or ``i ≤ j`` with ``self_interaction``).
 * ``logit = TopMLP([z, p])`` (``z`` is concatenated only when it comes from numeric features).
+
+``interaction_op="cat"`` replaces ``p`` by the flattened field embeddings ``flatten(e) : [B, F_s·d]`` (FuxiCTR's
+``interaction_op: cat``, used by the best BARS Frappe_x1 DLRM config); ``"dot"`` (default) is the paper's operator.
 """
 
 from __future__ import annotations
 
 import torch
+from typing import Literal
+
 from pydantic import Field
 from torch import nn
 
@@ -27,6 +32,7 @@ class DLRM(nn.Module):
         bottom_mlp_units: Units = Field(default_factory=lambda: [64])
         top_mlp_units: Units = Field(default_factory=lambda: [400, 400, 400])
         self_interaction: bool = False
+        interaction_op: Literal["dot", "cat"] = "dot"
         activation: Activation = "relu"
         dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
         batch_norm: bool = True
@@ -47,8 +53,10 @@ class DLRM(nn.Module):
         else:
             self.dense = nn.Parameter(torch.randn(1, d) / d ** 0.5)
         self.dim = d
+        self.op = p.interaction_op
         self.interaction = DotInteraction(len(sparse.features), dense=True, self_interaction=p.self_interaction)
-        top_in = self.interaction.out_dim + (d if self.has_num else 0)
+        inter_dim = self.interaction.out_dim if self.op == "dot" else len(sparse.features) * d
+        top_in = inter_dim + (d if self.has_num else 0)
         self.top = MLP(top_in, p.top_mlp_units, 1, act=p.activation, dropout=p.dropout, batch_norm=p.batch_norm)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -58,6 +66,6 @@ class DLRM(nn.Module):
             e = batch["num"].new_zeros(batch["num"].shape[0], 0, self.dim)
         # the learned dense vector is passed un-expanded ([1, d]); DotInteraction broadcasts it
         z = self.bottom(batch["num"]) if self.has_num else self.dense
-        inter = self.interaction(e, z)
+        inter = self.interaction(e, z) if self.op == "dot" else e.flatten(1)
         top_in = torch.cat([z, inter], dim=1) if self.has_num else inter
         return self.top(top_in).squeeze(-1)

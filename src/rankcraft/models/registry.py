@@ -7,6 +7,7 @@ A model is a plain ``nn.Module`` whose ``forward(batch) -> logits [B]``; it is c
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
@@ -25,6 +26,9 @@ class ModelParams(BaseModel):
     embedding_dim: int = Field(default=10, ge=1, le=4096)
     fused_embedding: bool = True
     sparse_embedding: bool = False
+    #: ``torch``: each layer's own initialisation; ``xavier_normal``: every ``nn.Linear`` weight re-drawn from
+    #: Xavier-normal and its bias zeroed after construction (FuxiCTR's convention).
+    linear_init: Literal["torch", "xavier_normal"] = "torch"
 
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -60,6 +64,11 @@ def model_class(name: str) -> type[nn.Module]:
         raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}") from None
 
 
+def requires_sequence(name: str) -> bool:
+    """True for behaviour-sequence models (their ``Params`` name the ``sequence`` feature they encode)."""
+    return "sequence" in model_class(name).Params.model_fields
+
+
 def validate_params(name: str, params: dict | None) -> BaseModel:
     cls = model_class(name)
     try:
@@ -72,4 +81,11 @@ def validate_params(name: str, params: dict | None) -> BaseModel:
 def build_model(name: str, features: FeatureSet, params: dict | None = None) -> nn.Module:
     """Instantiate zoo model ``name`` for ``features`` with validated ``params``."""
     p = validate_params(name, params)
-    return model_class(name)(features, p)
+    model = model_class(name)(features, p)
+    if p.linear_init == "xavier_normal":
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return model

@@ -59,6 +59,7 @@ class TrainConfig(BaseModel):
     clip_grad_norm: float | None = Field(default=10.0, gt=0)
     monitor: Literal["auc", "logloss", "ne", "gauc"] = "auc"
     early_stopping_patience: int = Field(default=2, ge=1)
+    min_delta: float = Field(default=0.0, ge=0)  # early stopping: a gain smaller than this is no improvement
     seed: int = 2024
     bf16: bool = False
     threads: int | None = Field(default=None, ge=1)
@@ -315,7 +316,8 @@ class Trainer:
                            train_rows_per_s=rows / seconds if seconds > 0 else float("nan"))
             history.append(metrics)
             value = metrics[c.monitor]
-            improved = not best or (value > best[c.monitor] if better else value < best[c.monitor])
+            improved = not best or (value > best[c.monitor] + c.min_delta if better
+                                    else value < best[c.monitor] - c.min_delta)
             if improved:
                 best = dict(metrics)
                 bad_epochs = 0

@@ -1,0 +1,100 @@
+"""MoS model: Mixture of Sequence (Lin et al., WWW 2026) over the main behaviour sequence, then an MLP tower.
+
+``x = SequenceInputs(batch)`` (fields ``[B, F, d]``, history ``[B, L, d]``, mask, target ``[B, d]``, timestamps);
+``u = MixtureOfSequence(x.seq, x.mask, x.target, x.ts) : [B, D_u]`` (see :mod:`rankcraft.nn.mos`: sessions →
+theme routing → global / short-term / theme experts built from ``backbone`` → fusion);
+``logit = MLP([flatten(x.fields), u]) : [B]``.
+
+During training the model sets ``self.aux_loss`` (the weighted load-balancing term, added to the loss by the
+trainer); in eval mode it is None. :meth:`MoS.route` returns the theme of every history event ``[B, L]`` (−1 at
+padding) for inspection.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from rankcraft.data.features import FeatureSet
+from rankcraft.models.common import Activation, Units
+from rankcraft.models.registry import ModelParams, register_model
+from rankcraft.nn import MLP
+from rankcraft.nn.mos import MixtureOfSequence
+from rankcraft.nn.sequence import SequenceInputs
+
+
+@register_model("mos")
+class MoS(nn.Module):
+    class Params(ModelParams):
+        # backbone of every expert (rankcraft.nn.sequence.build_sequence_encoder) and its options
+        backbone: Literal["din", "transformer", "mean"] = "din"
+        backbone_options: dict = Field(default_factory=dict)
+        # sessions
+        segmentation: Literal["auto", "time", "chunk"] = "auto"
+        session_gap_seconds: float = Field(default=86_400.0, gt=0)
+        chunk_size: int = Field(default=10, ge=1)
+        max_sessions: int | None = Field(default=32, ge=1)
+        session_overflow: Literal["merge", "drop"] = "merge"
+        session_pooling: Literal["mean", "attention"] = "mean"
+        # routing
+        num_themes: int = Field(default=4, ge=1, le=64)
+        routing_temperature: float = Field(default=1.0, gt=0)
+        router_metric: Literal["dot", "cosine"] = "cosine"
+        router_norm: bool = True
+        top_k: int = Field(default=1, ge=1)
+        routing_grad: Literal["straight_through", "gumbel", "gate_scale"] = "gate_scale"
+        balance_weight: float = Field(default=0.05, ge=0)
+        diversity_weight: float = Field(default=0.0, ge=0)
+        theme_max_len: int | None = Field(default=None, ge=1)
+        # experts and fusion
+        short_term_window: int = Field(default=20, ge=1)
+        short_term: Literal["window", "last_session"] = "window"
+        expert_sharing: Literal["none", "themes", "all"] = "none"
+        fusion: Literal["concat", "gate"] = "concat"
+        # tower
+        hidden_units: Units = Field(default_factory=lambda: [256, 128])
+        activation: Activation = "relu"
+        dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+        batch_norm: bool = False
+        sequence: str | None = None
+
+    def __init__(self, features: FeatureSet, p: Params):
+        super().__init__()
+        from rankcraft.errors import ConfigError
+
+        if p.top_k > p.num_themes:
+            raise ConfigError(f"model 'mos': top_k ({p.top_k}) must not exceed num_themes ({p.num_themes})")
+        self.inputs = SequenceInputs(features, p.embedding_dim, sequence=p.sequence, fused=p.fused_embedding,
+                                     sparse=p.sparse_embedding)
+        try:
+            self.mos = MixtureOfSequence(
+                p.embedding_dim, self.inputs.max_len, backbone=p.backbone, backbone_options=p.backbone_options,
+                num_themes=p.num_themes, segmentation=p.segmentation, session_gap_seconds=p.session_gap_seconds,
+                chunk_size=p.chunk_size, max_sessions=p.max_sessions, session_overflow=p.session_overflow,
+                session_pooling=p.session_pooling, router_metric=p.router_metric, router_norm=p.router_norm,
+                temperature=p.routing_temperature, top_k=p.top_k, routing_grad=p.routing_grad,
+                balance_weight=p.balance_weight, diversity_weight=p.diversity_weight,
+                short_term_window=p.short_term_window, short_term=p.short_term, expert_sharing=p.expert_sharing,
+                fusion=p.fusion, theme_max_len=p.theme_max_len)
+        except (TypeError, ValueError) as exc:  # e.g. unknown backbone option, heads not dividing the dim
+            raise ConfigError(f"model 'mos': {exc}") from None
+        if p.segmentation == "time" and not self.inputs.has_ts:
+            raise ConfigError(f"model 'mos': segmentation 'time' needs timestamps on sequence '{self.inputs.main}'")
+        self.mlp = MLP(self.inputs.num_fields * p.embedding_dim + self.mos.out_dim, p.hidden_units, 1,
+                       act=p.activation, dropout=p.dropout, batch_norm=p.batch_norm)
+        self.aux_loss: torch.Tensor | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.inputs(batch)
+        u = self.mos(x["seq"], x["mask"], x["target"], x["ts"])
+        self.aux_loss = self.mos.aux_loss
+        return self.mlp(torch.cat([x["fields"].flatten(1), u], dim=-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def route(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Theme id of every event of the main sequence ``[B, L]`` (−1 at padding / dropped sessions)."""
+        x = self.inputs(batch)
+        return self.mos.route(x["seq"], x["mask"], x["ts"])

@@ -59,6 +59,7 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
             results["commands"] = old.get("commands", [])
     for name in models:
         preset = ds.get("models", {}).get(name) or {}
+        model_name = preset.get("model", name)  # a row label may differ from the zoo model (e.g. mos-din → mos)
         params = dict(preset.get("params", {}))
         params.update((param_overrides or {}).get(name, {}))
         runs = []
@@ -67,7 +68,7 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
             train.update(preset.get("train", {}))
             train.update(train_overrides or {})
             train.update(seed=seed, quiet=quiet)
-            cfg = api.RunConfig(data=spec, model=name, params=params, train=train)
+            cfg = api.RunConfig(data=spec, model=model_name, params=params, train=train)
             run_dir = out / "runs" / f"{name}-seed{seed}"
             if run_dir.exists():
                 import shutil
@@ -88,7 +89,7 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
             runs.append(row)
             if not quiet:
                 print(f"{name} seed {seed}: valid auc {row['valid_auc']:.4f} logloss {row['valid_logloss']:.4f}")
-        agg = {"params": params, "train": train, "runs": runs}
+        agg = {"model": model_name, "params": params, "train": train, "runs": runs}
         for k in ("valid_auc", "valid_logloss", "valid_gauc", "test_auc", "test_logloss", "train_rows_per_s"):
             vals = [r[k] for r in runs if r.get(k) is not None]
             if vals:

@@ -12,14 +12,14 @@ from pydantic import Field
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.models.common import Activation, Units
-from rankcraft.models.registry import ModelParams, register_model
-from rankcraft.nn import MLP, FeatureEmbedding, FieldSelfAttention, LinearPart
+from rankcraft.models.common import TowerParams, make_embedding, make_tower
+from rankcraft.models.registry import register_model
+from rankcraft.nn import FieldSelfAttention, LinearPart
 
 
 @register_model("autoint")
 class AutoInt(nn.Module):
-    class Params(ModelParams):
+    class Params(TowerParams):
         attention_layers: int = Field(default=3, ge=1, le=16)
         num_heads: int = Field(default=2, ge=1)
         attention_dim: int = Field(default=32, ge=1, description="width of one attention head")
@@ -28,22 +28,16 @@ class AutoInt(nn.Module):
         layer_norm: bool = False
         attention_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
         use_wide: bool = False
-        hidden_units: Units = Field(default_factory=lambda: [400, 400, 400])
-        activation: Activation = "relu"
-        dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-        batch_norm: bool = True
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()
-        self.embedding = FeatureEmbedding(features, p.embedding_dim, fused=p.fused_embedding,
-                                          sparse=p.sparse_embedding)
+        self.embedding = make_embedding(features, p)
         nf = self.embedding.num_fields
         self.attention = FieldSelfAttention(p.embedding_dim, p.attention_dim, p.num_heads, p.attention_layers,
                                             use_residual=p.use_residual, layer_norm=p.layer_norm,
                                             use_scale=p.use_scale, dropout=p.attention_dropout)
         self.att_fc = nn.Linear(nf * self.attention.out_dim, 1)
-        self.mlp = MLP(nf * p.embedding_dim, p.hidden_units, 1, act=p.activation, dropout=p.dropout,
-                       batch_norm=p.batch_norm) if p.hidden_units else None
+        self.mlp = make_tower(nf * p.embedding_dim, p, 1) if p.hidden_units else None
         self.linear = LinearPart(features, fused=p.fused_embedding, sparse=p.sparse_embedding) if p.use_wide else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -6,9 +6,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
+from rankcraft.data.features import FeatureSet
 from rankcraft.errors import ConfigError
+from rankcraft.models.registry import ModelParams
 from rankcraft.nn.embedding import FeatureEmbedding
-from rankcraft.nn.mlp import activation
+from rankcraft.nn.mlp import MLP, activation
 
 
 def _check_activation(name: str) -> str:
@@ -32,3 +34,22 @@ def field_indices(embedding: FeatureEmbedding, names: list[str], *, model: str, 
             raise ConfigError(f"model '{model}': {param} names unknown feature '{n}'; features: {', '.join(order)}")
         out.append(order.index(n))
     return out
+
+
+class TowerParams(ModelParams):
+    """Hyperparameters of the deep (MLP) tower that most zoo models share."""
+
+    hidden_units: Units = Field(default_factory=lambda: [400, 400, 400])
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    batch_norm: bool = True
+
+
+def make_embedding(features: FeatureSet, p: ModelParams, **options) -> FeatureEmbedding:
+    """The model's :class:`FeatureEmbedding` as its params configure it (width, fused/per-feature, sparse)."""
+    return FeatureEmbedding(features, p.embedding_dim, fused=p.fused_embedding, sparse=p.sparse_embedding, **options)
+
+
+def make_tower(in_dim: int, p: TowerParams, out_dim: int | None = None) -> MLP:
+    """The deep tower ``MLP(in_dim, p.hidden_units, out_dim)`` with the params' activation, dropout and batch norm."""
+    return MLP(in_dim, p.hidden_units, out_dim, act=p.activation, dropout=p.dropout, batch_norm=p.batch_norm)

@@ -12,28 +12,22 @@ from pydantic import Field
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.models.common import Activation, Units
-from rankcraft.models.registry import ModelParams, register_model
-from rankcraft.nn import MLP, CrossNetV1, FeatureEmbedding
+from rankcraft.models.common import TowerParams, make_embedding, make_tower
+from rankcraft.models.registry import register_model
+from rankcraft.nn import CrossNetV1
 
 
 @register_model("dcn")
 class DCN(nn.Module):
-    class Params(ModelParams):
+    class Params(TowerParams):
         num_cross_layers: int = Field(default=3, ge=1, le=16)
-        hidden_units: Units = Field(default_factory=lambda: [400, 400, 400])
-        activation: Activation = "relu"
-        dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-        batch_norm: bool = True
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()
-        self.embedding = FeatureEmbedding(features, p.embedding_dim, fused=p.fused_embedding,
-                                          sparse=p.sparse_embedding)
+        self.embedding = make_embedding(features, p)
         dim = self.embedding.num_fields * p.embedding_dim
         self.cross = CrossNetV1(dim, p.num_cross_layers)
-        self.mlp = MLP(dim, p.hidden_units, act=p.activation, dropout=p.dropout,
-                       batch_norm=p.batch_norm) if p.hidden_units else None
+        self.mlp = make_tower(dim, p) if p.hidden_units else None
         self.fc = nn.Linear(dim + (self.mlp.out_dim if self.mlp is not None else 0), 1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

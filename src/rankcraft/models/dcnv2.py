@@ -19,29 +19,24 @@ from pydantic import Field
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.models.common import Activation, Units
-from rankcraft.models.registry import ModelParams, register_model
-from rankcraft.nn import MLP, CrossNetMix, CrossNetV2, FeatureEmbedding
+from rankcraft.models.common import TowerParams, make_embedding, make_tower
+from rankcraft.models.registry import register_model
+from rankcraft.nn import CrossNetMix, CrossNetV2
 
 
 @register_model("dcnv2")
 class DCNv2(nn.Module):
-    class Params(ModelParams):
+    class Params(TowerParams):
         model_structure: Literal["parallel", "stacked", "crossnet_only"] = "parallel"
         num_cross_layers: int = Field(default=4, ge=1, le=16)
         use_low_rank_mixture: bool = False
         low_rank: int = Field(default=32, ge=1)
         num_experts: int = Field(default=4, ge=1)
-        hidden_units: Units = Field(default_factory=lambda: [400, 400, 400])
-        activation: Activation = "relu"
-        dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-        batch_norm: bool = True
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()
         self.structure = p.model_structure
-        self.embedding = FeatureEmbedding(features, p.embedding_dim, fused=p.fused_embedding,
-                                          sparse=p.sparse_embedding)
+        self.embedding = make_embedding(features, p)
         dim = self.embedding.num_fields * p.embedding_dim
         if p.use_low_rank_mixture:
             self.cross = CrossNetMix(dim, p.num_cross_layers, num_experts=p.num_experts, low_rank=p.low_rank)
@@ -49,7 +44,7 @@ class DCNv2(nn.Module):
             self.cross = CrossNetV2(dim, p.num_cross_layers)
         self.mlp = None
         if self.structure != "crossnet_only" and p.hidden_units:
-            self.mlp = MLP(dim, p.hidden_units, act=p.activation, dropout=p.dropout, batch_norm=p.batch_norm)
+            self.mlp = make_tower(dim, p)
         if self.mlp is None:
             out = dim
         else:

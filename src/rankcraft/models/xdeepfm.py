@@ -12,21 +12,17 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.models.common import Activation, Units
-from rankcraft.models.registry import ModelParams, register_model
-from rankcraft.nn import CIN, MLP, FeatureEmbedding, LinearPart
+from rankcraft.models.common import Activation, TowerParams, Units, make_embedding, make_tower
+from rankcraft.models.registry import register_model
+from rankcraft.nn import CIN, LinearPart
 
 
 @register_model("xdeepfm")
 class XDeepFM(nn.Module):
-    class Params(ModelParams):
+    class Params(TowerParams):
         cin_layer_units: Units = Field(default_factory=lambda: [100, 100, 100], min_length=1)
         cin_split_half: bool = True
         cin_activation: Activation = "identity"
-        hidden_units: Units = Field(default_factory=lambda: [400, 400, 400])
-        activation: Activation = "relu"
-        dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
-        batch_norm: bool = True
 
         @model_validator(mode="after")
         def _even_sizes(self):
@@ -36,14 +32,12 @@ class XDeepFM(nn.Module):
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()
-        self.embedding = FeatureEmbedding(features, p.embedding_dim, fused=p.fused_embedding,
-                                          sparse=p.sparse_embedding)
+        self.embedding = make_embedding(features, p)
         nf = self.embedding.num_fields
         self.linear = LinearPart(features, fused=p.fused_embedding, sparse=p.sparse_embedding)
         self.cin = CIN(nf, p.cin_layer_units, split_half=p.cin_split_half, act=p.cin_activation)
         self.cin_fc = nn.Linear(self.cin.out_dim, 1)
-        self.mlp = MLP(nf * p.embedding_dim, p.hidden_units, 1, act=p.activation, dropout=p.dropout,
-                       batch_norm=p.batch_norm) if p.hidden_units else None
+        self.mlp = make_tower(nf * p.embedding_dim, p, 1) if p.hidden_units else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         e = self.embedding(batch)

@@ -5,7 +5,7 @@
 | ``synthetic`` | generated (embedded default) | planted logit, 80/10/10 in generation order |
 | ``frappe_x1`` | directory with ``train.csv``, ``valid.csv`` [, ``test.csv``] (BARS layout) | given files |
 | ``ml-100k`` | directory with ``u.data``, ``u.user``, ``u.item`` | rating >= 4; global time split (below) |
-| ``ml-100k-seq`` | the same | as ml-100k, plus each user's earlier items/timestamps/genres |
+| ``ml-100k-seq`` | the same | as ml-100k, plus each user's earlier items/timestamps/genres/ratings |
 | ``criteo`` | one file or a directory of ``train``/``valid``/``test`` files: label, I1-I13, C1-C26 | 10% seeded valid |
 | ``avazu`` | one file or a directory: ``click`` label, ``hour``, categorical columns | 10% seeded valid |
 
@@ -196,6 +196,7 @@ def ml100k_seq_schema(max_len: int = 50) -> Schema:
                     share_vocab_with="item", timestamp_column="hist_ts"),
         FeatureSpec(name="hist_genres", type="sequence", source="user", separator="^", max_len=max_len,
                     share_vocab_with="genre1"),
+        FeatureSpec(name="hist_ratings", type="sequence", source="user", separator="^", max_len=max_len),
     ]
     return Schema(labels=["label"], features=feats, user_column="user")
 
@@ -205,23 +206,27 @@ def add_histories(table: pa.Table, ts: np.ndarray, max_len: int) -> pa.Table:
 
     For the event (u, i, t): ``hist_items`` = the items u rated at timestamps ``< t`` (same-second events are
     excluded, so neither the target nor anything simultaneous or later can leak), oldest first, the last
-    ``max_len`` of them; ``hist_ts`` their timestamps; ``hist_genres`` each history item's first genre.
+    ``max_len`` of them; ``hist_ts`` their timestamps; ``hist_genres`` each history item's first genre;
+    ``hist_ratings`` the user's rating (1-5) of each history item — feedback that was known before the impression.
     ``genre1`` is the impression item's own first genre.
     """
     users = np.array(table.column("user").to_pylist(), dtype=np.int64)
     items = table.column("item").to_pylist()
     genres = table.column("genres").to_pylist()
+    ratings = table.column("rating").to_pylist()
     genre1 = [g.split("|")[0] if g else "" for g in genres]
     order = np.lexsort((np.arange(len(ts)), ts, users))  # by user, then time
     hist_items = [""] * len(ts)
     hist_ts = [""] * len(ts)
     hist_genres = [""] * len(ts)
+    hist_ratings = [""] * len(ts)
     bounds = np.flatnonzero(np.diff(users[order])) + 1
     for grp in np.split(order, bounds):
         t = ts[grp]
         earlier = np.searchsorted(t, t, side="left")  # number of events strictly before each event
         its = [items[j] for j in grp]
         gs = [genre1[j] for j in grp]
+        rs = [ratings[j] for j in grp]
         tss = [str(x) for x in t]
         for pos, j in enumerate(grp):
             k = int(earlier[pos])
@@ -229,10 +234,12 @@ def add_histories(table: pa.Table, ts: np.ndarray, max_len: int) -> pa.Table:
             hist_items[j] = "^".join(its[lo:k])
             hist_ts[j] = "^".join(tss[lo:k])
             hist_genres[j] = "^".join(gs[lo:k])
+            hist_ratings[j] = "^".join(rs[lo:k])
     return (table.append_column("genre1", pa.array(genre1, pa.string()))
             .append_column("hist_items", pa.array(hist_items, pa.string()))
             .append_column("hist_ts", pa.array(hist_ts, pa.string()))
-            .append_column("hist_genres", pa.array(hist_genres, pa.string())))
+            .append_column("hist_genres", pa.array(hist_genres, pa.string()))
+            .append_column("hist_ratings", pa.array(hist_ratings, pa.string())))
 
 
 @recipe("ml-100k-seq", "MovieLens-100K with behaviour sequences (earlier items, timestamps, genres), time split")
@@ -248,7 +255,7 @@ def ml100k_seq_source(data_dir: str | None = None, *, max_len: int = 50) -> Data
         return {k: RawTable(v, str(d / "u.data"), 0, "memory") for k, v in parts.items()}
 
     return DataSource(name="ml-100k-seq", schema=ml100k_seq_schema(max_len), loader=load,
-                      inputs=[str(d / f) for f in ("u.data", "u.user", "u.item")], version=f"1:max_len={max_len}")
+                      inputs=[str(d / f) for f in ("u.data", "u.user", "u.item")], version=f"2:max_len={max_len}")
 
 
 CRITEO_COLUMNS = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]

@@ -53,3 +53,22 @@ def make_embedding(features: FeatureSet, p: ModelParams, **options) -> FeatureEm
 def make_tower(in_dim: int, p: TowerParams, out_dim: int | None = None) -> MLP:
     """The deep tower ``MLP(in_dim, p.hidden_units, out_dim)`` with the params' activation, dropout and batch norm."""
     return MLP(in_dim, p.hidden_units, out_dim, act=p.activation, dropout=p.dropout, batch_norm=p.batch_norm)
+
+
+class SequenceTowerParams(TowerParams):
+    """Shared hyperparameters of the behaviour-sequence models: a wider embedding, a smaller tower, and the name of
+    the sequence feature to encode (``None``: the first sequence with timestamps)."""
+
+    embedding_dim: int = Field(default=16, ge=1, le=4096)
+    hidden_units: Units = Field(default_factory=lambda: [200, 80])
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_norm: bool = False
+    sequence: str | None = None
+
+
+def make_sequence_inputs(features: FeatureSet, p: SequenceTowerParams):
+    """The model's :class:`~rankcraft.nn.sequence.SequenceInputs` as its params configure it."""
+    from rankcraft.nn.sequence import SequenceInputs
+
+    return SequenceInputs(features, p.embedding_dim, sequence=p.sequence, fused=p.fused_embedding,
+                          sparse=p.sparse_embedding)

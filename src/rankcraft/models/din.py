@@ -18,32 +18,25 @@ from pydantic import Field
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.models.common import Activation, Units
-from rankcraft.models.registry import ModelParams, register_model
+from rankcraft.models.common import Activation, SequenceTowerParams, Units, make_sequence_inputs
+from rankcraft.models.registry import register_model
 from rankcraft.nn.mlp import MLP
-from rankcraft.nn.sequence import SequenceInputs, TargetAttention
+from rankcraft.nn.sequence import TargetAttention
 
 
 @register_model("din")
 class DIN(nn.Module):
 
-    class Params(ModelParams):
-        embedding_dim: int = Field(default=16, ge=1, le=4096)
+    class Params(SequenceTowerParams):
         attention_hidden_units: Units = Field(default_factory=lambda: [64, 32])
         attention_activation: Activation = "relu"
         attention_softmax: bool = False
         attention_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-        hidden_units: Units = Field(default_factory=lambda: [200, 80])
-        activation: Activation = "relu"
-        dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-        batch_norm: bool = False
-        sequence: str | None = None
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()
         d = p.embedding_dim
-        self.inputs = SequenceInputs(features, d, sequence=p.sequence, fused=p.fused_embedding,
-                                     sparse=p.sparse_embedding)
+        self.inputs = make_sequence_inputs(features, p)
         self.attention = TargetAttention(d, tuple(p.attention_hidden_units), act=p.attention_activation,
                                          softmax=p.attention_softmax, dropout=p.attention_dropout)
         self.mlp = MLP(self.inputs.num_fields * d + self.attention.out_dim + d, p.hidden_units, 1, act=p.activation,

@@ -60,19 +60,17 @@ from torch import nn
 
 from rankcraft.data.features import FeatureSet
 from rankcraft.errors import ConfigError
-from rankcraft.models.common import Activation, Units
-from rankcraft.models.registry import ModelParams, register_model
+from rankcraft.models.common import SequenceTowerParams, make_sequence_inputs
+from rankcraft.models.registry import register_model
 from rankcraft.nn.interformer import (CrossArch, InteractionArch, SequenceArchLayer, TimeEncoding,
                                       TimeGapEncoding)
 from rankcraft.nn.mlp import MLP
-from rankcraft.nn.sequence import SequenceInputs
 
 
 @register_model("interformer")
 class InterFormer(nn.Module):
 
-    class Params(ModelParams):
-        embedding_dim: int = Field(default=16, ge=1, le=4096)
+    class Params(SequenceTowerParams):
         num_layers: int = Field(default=2, ge=1, le=16)
         num_heads: int = Field(default=2, ge=1)
         num_cls: int = Field(default=4, ge=1)
@@ -88,11 +86,6 @@ class InterFormer(nn.Module):
         target_token: bool = True
         information_flow: Literal["bidirectional", "seq_to_nonseq", "nonseq_to_seq", "none"] = "bidirectional"
         attention_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-        hidden_units: Units = Field(default_factory=lambda: [200, 80])
-        activation: Activation = "relu"
-        dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-        batch_norm: bool = False
-        sequence: str | None = None
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()
@@ -102,8 +95,7 @@ class InterFormer(nn.Module):
         if p.position == "rope" and (d // p.num_heads) % 2:
             raise ConfigError(f"model 'interformer': RoPE needs an even head width, got embedding_dim/num_heads = "
                               f"{d // p.num_heads}")
-        self.inputs = SequenceInputs(features, d, sequence=p.sequence, fused=p.fused_embedding,
-                                     sparse=p.sparse_embedding)
+        self.inputs = make_sequence_inputs(features, p)
         self.s2n = p.information_flow in ("bidirectional", "seq_to_nonseq")
         self.n2s = p.information_flow in ("bidirectional", "nonseq_to_seq")
         self.target_token = p.target_token

@@ -19,16 +19,16 @@ from pydantic import Field
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.models.common import Activation, Units
-from rankcraft.models.registry import ModelParams, register_model
+from rankcraft.models.common import SequenceTowerParams, Units, make_sequence_inputs
+from rankcraft.models.registry import register_model
 from rankcraft.nn import MLP
 from rankcraft.nn.mos import MixtureOfSequence
-from rankcraft.nn.sequence import SequenceInputs
 
 
 @register_model("mos")
 class MoS(nn.Module):
-    class Params(ModelParams):
+    class Params(SequenceTowerParams):
+        embedding_dim: int = Field(default=10, ge=1, le=4096)  # the benchmarked default (ml-100k-seq)
         # backbone of every expert (rankcraft.nn.sequence.build_sequence_encoder) and its options
         backbone: Literal["din", "transformer", "mean"] = "din"
         backbone_options: dict = Field(default_factory=dict)
@@ -56,10 +56,6 @@ class MoS(nn.Module):
         fusion: Literal["concat", "gate"] = "concat"
         # tower
         hidden_units: Units = Field(default_factory=lambda: [256, 128])
-        activation: Activation = "relu"
-        dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-        batch_norm: bool = False
-        sequence: str | None = None
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()
@@ -67,8 +63,7 @@ class MoS(nn.Module):
 
         if p.top_k > p.num_themes:
             raise ConfigError(f"model 'mos': top_k ({p.top_k}) must not exceed num_themes ({p.num_themes})")
-        self.inputs = SequenceInputs(features, p.embedding_dim, sequence=p.sequence, fused=p.fused_embedding,
-                                     sparse=p.sparse_embedding)
+        self.inputs = make_sequence_inputs(features, p)
         try:
             self.mos = MixtureOfSequence(
                 p.embedding_dim, self.inputs.max_len, backbone=p.backbone, backbone_options=p.backbone_options,

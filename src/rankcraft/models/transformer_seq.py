@@ -21,36 +21,29 @@ from torch import nn
 
 from rankcraft.data.features import FeatureSet
 from rankcraft.errors import ConfigError
-from rankcraft.models.common import Activation, Units
-from rankcraft.models.registry import ModelParams, register_model
+from rankcraft.models.common import SequenceTowerParams, make_sequence_inputs
+from rankcraft.models.registry import register_model
 from rankcraft.nn.interformer import TimeEncoding, TimeGapEncoding
 from rankcraft.nn.mlp import MLP
-from rankcraft.nn.sequence import SequenceInputs, TransformerSequenceEncoder
+from rankcraft.nn.sequence import TransformerSequenceEncoder
 
 
 @register_model("transformer")
 class TransformerSeq(nn.Module):
 
-    class Params(ModelParams):
-        embedding_dim: int = Field(default=16, ge=1, le=4096)
+    class Params(SequenceTowerParams):
         num_layers: int = Field(default=1, ge=1, le=16)
         num_heads: int = Field(default=2, ge=1)
         ffn_mult: int = Field(default=2, ge=1, le=16)
         attention_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
         time_encoding: TimeEncoding = "none"
-        hidden_units: Units = Field(default_factory=lambda: [200, 80])
-        activation: Activation = "relu"
-        dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-        batch_norm: bool = False
-        sequence: str | None = None
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()
         d = p.embedding_dim
         if d % p.num_heads:
             raise ConfigError(f"model 'transformer': embedding_dim {d} is not divisible by num_heads {p.num_heads}")
-        self.inputs = SequenceInputs(features, d, sequence=p.sequence, fused=p.fused_embedding,
-                                     sparse=p.sparse_embedding)
+        self.inputs = make_sequence_inputs(features, p)
         self.time = None
         if p.time_encoding != "none" and self.inputs.has_ts:
             self.time = TimeGapEncoding(d, p.time_encoding)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from rankcraft.data.dataset import prepare
 from rankcraft.data.recipes import add_histories, get_source, load_ml100k_table

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RANKCRAFT_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -36,3 +37,23 @@ def shared(*parts: str) -> Path:
 @pytest.fixture
 def shared_data():
     return shared
+
+
+def adam_steps(model: torch.nn.Module, data: dict[str, torch.Tensor], *, steps: int, lr: float,
+               batch: int) -> list[float]:
+    """Train ``model`` for ``steps`` Adam steps on consecutive (wrapping) slices of ``data``; returns the losses."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = data["label"].shape[0]
+    losses = []
+    model.train()
+    for step in range(steps):
+        start = (step * batch) % n
+        b = {k: v[start:start + batch] for k, v in data.items()}
+        logits = model(b)
+        assert logits.shape == (batch,) and logits.dtype == torch.float32
+        loss = F.binary_cross_entropy_with_logits(logits, b["label"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

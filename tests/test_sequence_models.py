@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared
+from conftest import adam_steps, shared
 
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
@@ -89,20 +89,7 @@ def make_data(n: int, seed: int = 0, lengths: tuple[int, int] = (0, MAX_LEN - 2)
 
 
 def train(model: torch.nn.Module, data: dict[str, torch.Tensor], steps: int = STEPS) -> list[float]:
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    model.train()
-    losses = []
-    for step in range(steps):
-        start = (step * BATCH) % ROWS
-        batch = {k: v[start:start + BATCH] for k, v in data.items()}
-        logits = model(batch)
-        assert logits.shape == (BATCH,) and logits.dtype == torch.float32
-        loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return adam_steps(model, data, steps=steps, lr=LR, batch=BATCH)
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,8 @@ from rankcraft.models import available_models, build_model
 from rankcraft.models.registry import requires_sequence
 from rankcraft.training.profile import flops_per_example
 
+from conftest import adam_steps
+
 STEPS, BATCH, LR = 40, 256, 1e-2
 
 FULL = FeatureSet((
@@ -82,21 +84,7 @@ def make_data(fs: FeatureSet, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def train(model: torch.nn.Module, data: dict[str, torch.Tensor], steps: int = STEPS) -> list[float]:
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    n = data["label"].shape[0]
-    losses = []
-    model.train()
-    for step in range(steps):
-        start = (step * BATCH) % n
-        batch = {k: v[start:start + BATCH] for k, v in data.items()}
-        logits = model(batch)
-        assert logits.shape == (BATCH,) and logits.dtype == torch.float32
-        loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return adam_steps(model, data, steps=steps, lr=LR, batch=BATCH)
 
 
 def assert_learns(losses: list[float]) -> None:

@@ -132,7 +132,6 @@ class Trainer:
         self._emb_params, self._net_params, self._sparse_params, self._dense_params = self._split_params()
         self.optimizers = self._make_optimizers()
         self.scheduler = self._make_scheduler()
-        self.step_fn = self._train_step
         self._best_state: dict | None = None
         if config.compile:
             self.forward = torch.compile(model)
@@ -150,7 +149,7 @@ class Trainer:
                 if module.sparse:
                     sparse.append(module.weight)
         sparse_ids = {id(p) for p in sparse}
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             if not p.requires_grad:
                 continue
             if id(p) not in sparse_ids:
@@ -284,7 +283,7 @@ class Trainer:
             done_by_max = False
             for step, batch in enumerate(train.batches(c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,
                                                        start=start_step), start_step):
-                loss = self.step_fn(batch)
+                loss = self._train_step(batch)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at epoch {epoch + 1}, step {step}; "
                                              "lower the learning rate or enable clip_grad_norm")

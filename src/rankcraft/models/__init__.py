@@ -1,6 +1,7 @@
 """Model zoo. Importing this package registers every model; use :func:`build_model` to construct one by name."""
 
 from rankcraft.models import (  # noqa: F401
+    arch,
     autoint,
     dcn,
     dcnv2,

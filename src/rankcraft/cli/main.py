@@ -80,7 +80,16 @@ def cmd_train(args) -> int:
     if args.model:
         cfg["model"] = args.model
     if args.arch:
-        raise ConfigError("--arch needs the search module, which this version does not include yet")
+        from rankcraft.search.arch import load_arch
+
+        if args.model and args.model != "arch":
+            raise ConfigError("--arch trains the searched architecture; do not combine it with --model")
+        arch = load_arch(args.arch)
+        doc = json.loads(Path(args.arch).read_text())
+        cfg["model"] = "arch"
+        params = dict(doc.get("params", {})) if isinstance(doc, dict) and "arch" in doc else {}
+        params["arch"] = arch.to_dict()
+        cfg["params"] = params
     cfg.setdefault("params", {}).update(_kv(args.param, "--param"))
     train = cfg.setdefault("train", {})
     for key in ("epochs", "batch_size", "lr", "optimizer", "seed", "threads", "embedding_l2", "monitor",
@@ -217,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--config", help="YAML run config (data/model/params/train sections); flags override it")
     t.add_argument("--model", help="zoo model name (see `rankcraft models`)")
-    t.add_argument("--arch", help="architecture JSON from `rankcraft search` (not available yet)")
+    t.add_argument("--arch", help="architecture JSON (best.json from `rankcraft search`, or a bare architecture)")
     t.add_argument("--param", action="append", metavar="KEY=VALUE", help="model hyperparameter (repeatable)")
     t.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any training option (repeatable)")
     t.add_argument("--epochs", type=int)
@@ -272,6 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "re-run models replace their rows, others are kept)")
     b.set_defaults(func=cmd_bench)
 
+    sr = sub.add_parser("search", help="architecture search (random, evolution, one-shot, DNAS)",
+                        description="Search the block space for architectures; writes a search directory with the "
+                        "trial database, the Pareto front plot, best.json and a report. Resumable with --resume.")
+    _add_data_args(sr)
+    sr.add_argument("--config", help="YAML search config (see docs/search.md); flags override it")
+    sr.add_argument("--space", help="search space preset: small, full (or tiny for smoke tests)")
+    sr.add_argument("--strategy", choices=["random", "evolution", "oneshot", "dnas"])
+    sr.add_argument("--budget", help="trials (e.g. 50) or time (30m, 1.5h)")
+    sr.add_argument("--fidelity-steps", type=int, help="training steps per standalone candidate (default 300)")
+    sr.add_argument("--workers", type=int, help="candidates trained in parallel through Ray (default 1)")
+    sr.add_argument("--threads-per-task", type=int, help="torch threads per candidate")
+    sr.add_argument("--ray-address", help="existing Ray cluster (e.g. auto, ray://host:10001); default: local")
+    sr.add_argument("--storage", help="trial database URL (default: sqlite file OUT/trials.db)")
+    sr.add_argument("--zoo", help="comma-separated zoo references trained at the same fidelity ('' for none)")
+    sr.add_argument("--seed", type=int)
+    sr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any config value by dotted path, e.g. oneshot.steps=2000, dnas.lambdas=[0,0.5]")
+    sr.add_argument("--out", required=True, help="search directory")
+    sr.add_argument("--resume", action="store_true", help="continue the search in --out")
+    sr.add_argument("--quiet", action="store_true", help="no progress bars")
+    sr.set_defaults(func=cmd_search)
+
     an = sub.add_parser("analyze", help="data analyses (session hopping)")
     an_sub = an.add_subparsers(dest="analysis", metavar="ANALYSIS")
     se = an_sub.add_parser("sessions", help="within- vs across-session similarity and theme returns (MoS)",
@@ -325,6 +356,65 @@ def cmd_analyze_sessions(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from rankcraft.search.runner import SearchConfig, parse_budget, run_search
+
+    if args.resume:
+        report = run_search({}, args.out, resume=True, storage=args.storage, cache_dir=args.cache_dir,
+                            progress=not args.quiet) if (Path(args.out) / "config.json").exists() else None
+        if report is None:
+            raise ConfigError(f"{args.out}: no search to resume (config.json is missing)")
+        _print_search(report, args.out)
+        return 0
+    cfg: dict = {}
+    if args.config:
+        path = Path(args.config)
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = _data_spec(args)
+    if data is not None:
+        cfg["data"] = data
+    for key in ("space", "strategy", "workers", "threads_per_task", "ray_address", "seed"):
+        val = getattr(args, key)
+        if val is not None:
+            cfg[key] = val
+    if args.budget is not None:
+        cfg["budget"] = parse_budget(args.budget).model_dump(exclude_none=True)
+    if args.fidelity_steps is not None:
+        cfg.setdefault("train", dict(SearchConfig.model_fields["train"].default_factory()))["max_steps"] = \
+            args.fidelity_steps
+    if args.zoo is not None:
+        cfg["zoo"] = [z for z in args.zoo.split(",") if z.strip()]
+    for path, value in _kv(args.set, "--set").items():
+        node = cfg
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {path}: '{part}' is not a section")
+        node[parts[-1]] = value
+    config = SearchConfig.parse(cfg, "command line")
+    report = run_search(config, args.out, storage=args.storage, cache_dir=args.cache_dir, progress=not args.quiet)
+    _print_search(report, args.out)
+    return 0
+
+
+def _print_search(report: dict, out: str) -> None:
+    obj = report["objective"]
+    print(f"{report['strategy']} search on space {report['space']}: {report['trials']} standalone trial(s), "
+          f"{report['elapsed_minutes']:.1f} min, hypervolume {report['hypervolume']:.6g}")
+    if report["best"]:
+        b = report["best"]
+        print(f"best: {obj} {b[obj]:.4f}  auc {b['auc']:.4f}  flops/example {b['flops']:,.0f}")
+    for z in report["zoo"]:
+        print(f"zoo {z['model']}: {obj} {z[obj]:.4f}  auc {z['auc']:.4f}  flops/example {z['flops']:,.0f}")
+    print(f"search directory: {out} (best.json, front.png, report.md)")
+
+
 def cmd_bench(args) -> int:
     from rankcraft.bench.zoo import main_bench
 
@@ -332,9 +422,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from pydantic import ValidationError
+
     from rankcraft.models.registry import available_models, model_class
 
-    info = {name: model_class(name).Params().model_dump() for name in available_models()}
+    info = {}
+    for name in available_models():
+        try:
+            info[name] = model_class(name).Params().model_dump()
+        except ValidationError:  # required fields (the `arch` model needs an architecture)
+            fields = model_class(name).Params.model_fields
+            info[name] = {k: ("<required>" if f.is_required() else f.default) for k, f in fields.items()}
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -1,0 +1,55 @@
+"""Standalone evaluation of one candidate: train an architecture from scratch at a given fidelity and measure it.
+
+:func:`evaluate_task` is a plain module-level function of one picklable dict, so the same call runs in-process or
+in a Ray worker (:mod:`rankcraft.search.parallel`). It is fully determined by its arguments (seeded data order and
+initial weights), which is what makes parallel and sequential searches agree.
+
+Task dict::
+
+    {"key": str, "model": "arch" | zoo name, "params": {...},   # params of the model (arch JSON inside for "arch")
+     "data": DataSpec dict, "train": TrainConfig dict (the fidelity: max_steps / epochs, lr, batch size, seed),
+     "cache_dir": str | None}
+
+Result dict: ``{"metrics": {auc, logloss, ne, …}, "flops": FLOPs/example, "params": int, "timings": {…},
+"best_epoch": int, "steps": int}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+_DATA_MEMO: dict[str, object] = {}
+
+
+def _prepared(data: dict, cache_dir: str | None):
+    """Prepared data, memoised per process (a Ray worker evaluates many candidates on the same data)."""
+    from rankcraft.api import DataSpec
+    from rankcraft.data.dataset import prepare
+
+    key = json.dumps([data, cache_dir], sort_keys=True)
+    if key not in _DATA_MEMO:
+        _DATA_MEMO.clear()
+        _DATA_MEMO[key] = prepare(DataSpec.model_validate(data).source(), cache_dir=cache_dir)
+    return _DATA_MEMO[key]
+
+
+def evaluate_task(task: dict) -> dict:
+    from rankcraft import api
+
+    t0 = time.perf_counter()
+    data = _prepared(task["data"], task.get("cache_dir"))
+    train = {**task["train"], "quiet": True, "checkpoint_seconds": 0}
+    cfg = api.RunConfig.parse({"data": task["data"], "model": task.get("model", "arch"), "params": task["params"],
+                               "train": train}, f"candidate {task.get('key', '')}")
+    res = api.train(cfg, data=data)
+    r = res.report
+    return {
+        "metrics": {k: float(v) for k, v in r["valid"].items() if isinstance(v, (int, float))},
+        "flops": float(r["flops_per_example"]),
+        "params": int(r["params"]),
+        "best_epoch": int(r["best_epoch"]),
+        "steps": int(r["steps"]),
+        "timings": {"train_seconds": float(r["train_seconds"]), "total_seconds": time.perf_counter() - t0,
+                    "train_rows_per_s": float(r["train_rows_per_s"])},
+    }

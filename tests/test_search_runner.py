@@ -1,0 +1,187 @@
+"""End-to-end searches on synthetic data: every strategy, the search directory, resume after kill -9, Ray
+parallelism, the CLI (`rankcraft search`, `rankcraft train --arch`) and configuration errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rankcraft.cli.main import main
+from rankcraft.errors import ConfigError
+from rankcraft.search.arch import load_arch
+from rankcraft.search.runner import SearchConfig, parse_budget, run_search
+from rankcraft.search.store import TrialStore
+
+DATA = {"recipe": "synthetic", "rows": 6000, "seed": 3}
+TRAIN = {"batch_size": 512, "lr": 3e-3, "epochs": 1, "max_steps": 8, "lr_schedule": "constant", "seed": 1}
+
+
+def _cfg(strategy: str, **kw) -> dict:
+    base = {"data": DATA, "space": "tiny", "strategy": strategy, "budget": {"trials": 4}, "train": TRAIN,
+            "zoo": [], "evolution": {"population": 2, "sample": 2},
+            "oneshot": {"steps": 30, "candidates": 12, "population": 4, "sample": 2, "top_k": 2,
+                        "checkpoint_every": 10, "batch_size": 256},
+            "dnas": {"lambdas": [0.0, 1.0], "steps": 20, "batch_size": 256, "checkpoint_every": 10}}
+    base.update(kw)
+    return base
+
+
+def _completed(out: Path) -> dict:
+    store = TrialStore(out / "trials.db", create=False)
+    return {t.key: (t.metrics, t.flops) for t in store.trials()}
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "oneshot", "dnas"])
+def test_every_strategy_writes_a_search_directory(strategy, tmp_path):
+    out = tmp_path / strategy
+    report = run_search(_cfg(strategy, zoo=["dnn"] if strategy == "random" else []), out, progress=False)
+    for f in ("config.json", "trials.db", "best.json", "front.png", "report.md", "report.json"):
+        assert (out / f).exists(), f
+    assert report["best"] is not None and report["front"]
+    assert report["hypervolume"] > 0
+    best = json.loads((out / "best.json").read_text())
+    arch = load_arch(out / "best.json")
+    assert best["arch"] == arch.to_dict() and best["flops"] > 0
+    store = TrialStore(out / "trials.db", create=False)
+    standalone = [t for t in store.trials() if t.fidelity.get("tag") == "standalone" and t.strategy == strategy]
+    assert min(t.objective for t in standalone) == pytest.approx(best["metrics"]["logloss"])
+    if strategy in ("random", "evolution"):
+        assert len(standalone) == 4
+    if strategy == "random":
+        assert [z["model"] for z in report["zoo"]] == ["dnn"]
+    if strategy == "oneshot":
+        scored = [t for t in store.trials() if t.fidelity.get("tag") == "supernet"]
+        assert len(scored) >= 4 and len(standalone) == 2  # top-k retrained from scratch
+        assert all(t.extra.get("supernet_rank") for t in standalone)
+    if strategy == "dnas":
+        assert sorted(t.extra["lambda"] for t in standalone) == [0.0, 1.0] or len(standalone) == 1
+        assert (out / "dnas-0.0.pt").exists()
+
+
+def test_existing_directory_needs_resume_and_resume_reuses_trials(tmp_path):
+    out = tmp_path / "s"
+    run_search(_cfg("random"), out, progress=False)
+    before = _completed(out)
+    with pytest.raises(ConfigError, match="--resume"):
+        run_search(_cfg("random"), out, progress=False)
+    run_search({}, out, resume=True, progress=False)  # nothing left to do: the same trials
+    assert _completed(out) == before
+    with pytest.raises(ConfigError, match="no search to resume"):
+        run_search({}, tmp_path / "none", resume=True, progress=False)
+
+
+_CRASH_SCRIPT = """
+import sys, json
+from rankcraft.search.runner import run_search
+run_search(json.loads(sys.argv[1]), sys.argv[2], resume=len(sys.argv) > 3, progress=False)
+"""
+
+
+def _count_complete(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as con:
+            return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_search_then_resume_keeps_every_completed_trial(tmp_path):
+    cfg = _cfg("evolution", budget={"trials": 8},
+               train={**TRAIN, "max_steps": 60, "batch_size": 256, "epochs": 3})
+    reference = tmp_path / "reference"
+    run_search(cfg, reference, progress=False)
+
+    out = tmp_path / "crashed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, json.dumps(cfg), str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _count_complete(out / "trials.db") < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search finished before it could be killed: " + proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    survived = _completed(out)
+    assert 3 <= len(survived) < 8
+    subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, json.dumps(cfg), str(out), "resume"], env=env,
+                   check=True, capture_output=True)
+    final = _completed(out)
+    for key, value in survived.items():  # nothing completed was lost or changed
+        assert final[key] == value
+    # the resumed search replays the same seeded decisions: the same trials as an uninterrupted search
+    assert set(final) == set(_completed(reference))
+    for key, (metrics, flops) in _completed(reference).items():
+        assert final[key][1] == flops
+        assert final[key][0]["logloss"] == pytest.approx(metrics["logloss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ray_parallel_search_equals_sequential(tmp_path):
+    pytest.importorskip("ray")
+    cfg = _cfg("random", budget={"trials": 4}, batch=4)
+    seq = run_search(cfg, tmp_path / "seq", progress=False)
+    par = run_search({**cfg, "workers": 2}, tmp_path / "par", progress=False)
+    a, b = _completed(tmp_path / "seq"), _completed(tmp_path / "par")
+    assert set(a) == set(b) and len(a) == 4
+    for key in a:
+        assert a[key][1] == b[key][1]
+        assert a[key][0]["logloss"] == pytest.approx(b[key][0]["logloss"], abs=1e-6)
+    assert seq["best"]["key"] == par["best"]["key"]
+
+
+def test_cli_search_then_train_the_best_architecture(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["search", "--dataset", "synthetic", "--rows", "6000", "--space", "tiny", "--strategy", "random",
+               "--budget", "2", "--fidelity-steps", "5", "--zoo", "", "--quiet", "--out", str(out),
+               "--set", "train.batch_size=512"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "random search on space tiny: 2 standalone trial(s)" in text
+    run = tmp_path / "run"
+    rc = main(["train", "--arch", str(out / "best.json"), "--dataset", "synthetic", "--rows", "6000",
+               "--epochs", "1", "--batch-size", "512", "--quiet", "--out", str(run)])
+    assert rc == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == "arch" and cfg["params"]["arch"] == json.loads((out / "best.json").read_text())["arch"]
+    from rankcraft import api
+
+    loaded = api.load_run(run)
+    assert loaded.model.arch == load_arch(out / "best.json")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "arch.json"
+    bad.write_text('{"blocks": [{"dense": {"op": "mlp", "flat_inputs": [0]}}], "head": {"inputs": [1]}}')
+    assert main(["train", "--arch", str(bad), "--dataset", "synthetic", "--rows", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "arch.json: invalid architecture" in err and "needs 'dim'" in err
+    assert main(["search", "--dataset", "synthetic", "--budget", "soon", "--out", str(tmp_path / "x")]) == 2
+    assert "--budget 'soon'" in capsys.readouterr().err
+    assert main(["search", "--dataset", "synthetic", "--budget", "2", "--zoo", "nosuch", "--out",
+                 str(tmp_path / "y")]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+    assert main(["search", "--dataset", "synthetic", "--budget", "2", "--set", "oneshot.stepz=3", "--out",
+                 str(tmp_path / "z")]) == 2
+    assert "oneshot.stepz" in capsys.readouterr().err
+
+
+def test_budget_parsing():
+    assert parse_budget("50").trials == 50
+    assert parse_budget("30m").minutes == 30
+    assert parse_budget("1.5h").minutes == 90
+    assert parse_budget("90s").minutes == pytest.approx(1.5)
+    with pytest.raises(ConfigError):
+        parse_budget("2.5")
+    with pytest.raises(ConfigError, match="budget"):
+        SearchConfig.parse({"budget": {}})

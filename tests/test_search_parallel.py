@@ -14,8 +14,14 @@ import torch
 
 import rankcraft
 from rankcraft.errors import ConfigError
-from rankcraft.search.parallel import (Executor, Failure, RayExecutor, SequentialExecutor, is_failure,
-                                       make_executor)
+from rankcraft.search.parallel import (
+    Executor,
+    Failure,
+    RayExecutor,
+    SequentialExecutor,
+    is_failure,
+    make_executor,
+)
 
 
 def train_tiny(item: dict) -> dict:
@@ -33,13 +39,17 @@ def train_tiny(item: dict) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return {"seed": item["seed"], "loss": loss.item(), "checksum": float(sum(p.double().sum() for p in model.parameters()))}
+        with torch.no_grad():
+            checksum = sum(p.double().sum().item() for p in model.parameters())
+    return {"seed": item["seed"], "loss": loss.item(), "checksum": checksum}
 
 
 def worker_info(item: dict) -> dict:
-    import rankcraft as rc  # noqa: PLC0415 - imported in the worker on purpose
+    import rankcraft as rc  # imported in the worker on purpose
 
-    return {"cache": os.environ.get("RANKCRAFT_CACHE"), "threads": torch.get_num_threads(), "pid": os.getpid(),
+    t0 = time.time()
+    time.sleep(item.get("sleep", 0.0))
+    return {"t0": t0, "t1": time.time(), "cache": os.environ.get("RANKCRAFT_CACHE"), "threads": torch.get_num_threads(), "pid": os.getpid(),
             "rankcraft": rc.__file__, "pythonpath": os.environ.get("PYTHONPATH"), "extra": os.environ.get("RC_X")}
 
 
@@ -130,7 +140,11 @@ def ray_ex():
             os.environ.pop("RAY_TMPDIR", None)
         else:
             os.environ["RAY_TMPDIR"] = old_tmp
-        shutil.rmtree(tmp, ignore_errors=True)
+        for _ in range(3):  # Ray's helper processes may still write their last log lines
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.exists(tmp):
+                break
+            time.sleep(0.5)
 
 
 def test_ray_matches_sequential(ray_ex):
@@ -145,11 +159,22 @@ def test_ray_matches_sequential(ray_ex):
 
 
 def test_ray_env_threads_and_parallelism(ray_ex):
-    infos = ray_ex.map(worker_info, [{}] * 4)
+    infos = ray_ex.map(worker_info, [{"sleep": 0.5}] * 2 + [{}] * 2)
+    assert max(i["t0"] for i in infos[:2]) < min(i["t1"] for i in infos[:2])  # the first two ran concurrently
     assert {i["cache"] for i in infos} == {os.environ["RANKCRAFT_CACHE"]}
     assert {i["threads"] for i in infos} == {1}
     assert {i["rankcraft"] for i in infos} == {rankcraft.__file__}
     assert os.getpid() not in {i["pid"] for i in infos}
+
+
+def test_ray_fn_not_importable_in_workers(ray_ex, tmp_path, monkeypatch):
+    (tmp_path / "rc_driver_only.py").write_text("def f(item):\n    return item\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable here, not in the workers
+    import rc_driver_only
+
+    results = ray_ex.map(rc_driver_only.f, [{"a": 1}, {"a": 2}])
+    assert all(is_failure(r) for r in results)
+    assert results[0].error.startswith("ModuleNotFoundError: No module named 'rc_driver_only' (loading rc_driver_only.f")
 
 
 def test_ray_reuses_running_instance_with_own_env(ray_ex):

@@ -129,7 +129,7 @@ def test_kill_9_mid_search_then_resume_keeps_every_completed_trial(tmp_path):
 @pytest.mark.slow
 def test_ray_parallel_search_equals_sequential(tmp_path):
     pytest.importorskip("ray")
-    cfg = _cfg("random", budget={"trials": 4}, batch=4)
+    cfg = _cfg("random", budget={"trials": 4}, batch=4, threads_per_task=1)
     seq = run_search(cfg, tmp_path / "seq", progress=False)
     par = run_search({**cfg, "workers": 2}, tmp_path / "par", progress=False)
     a, b = _completed(tmp_path / "seq"), _completed(tmp_path / "par")

@@ -378,6 +378,8 @@ def cmd_search(args) -> int:
     data = _data_spec(args)
     if data is not None:
         cfg["data"] = data
+    elif args.data_dir:  # --config names the recipe, the flag where its files are
+        cfg.setdefault("data", {})["data_dir"] = args.data_dir
     for key in ("space", "strategy", "workers", "threads_per_task", "ray_address", "seed"):
         val = getattr(args, key)
         if val is not None:

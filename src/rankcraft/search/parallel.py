@@ -15,9 +15,9 @@ no dashboard, worker output not forwarded to the driver) and shuts it down on :m
 address (``"auto"``: the cluster in ``RAY_ADDRESS`` or started by ``ray start`` on this machine;
 ``"host:6379"``; ``"ray://host:10001"`` for Ray Client) it connects to that cluster and on close only disconnects.
 If Ray is already initialised in this process (by the caller), that instance is used, whatever the address, and
-left running. An address is probed with a plain TCP connect first (``CONNECT_TIMEOUT_S``) and Ray then makes a single connection
-attempt, so a wrong address fails with a :class:`~rankcraft.errors.ConfigError` within seconds (at most ~45 s for
-a port that accepts connections but is not Ray) instead of Ray's retry loop of many minutes.
+left running. An address is first probed with a plain TCP connect (``CONNECT_TIMEOUT_S``) and Ray then makes a
+single connection attempt, so a wrong address fails with a :class:`~rankcraft.errors.ConfigError` within seconds
+(at most ~45 s for a port that accepts connections but is not Ray) instead of Ray's retry loop of many minutes.
 
 Workers must import ``rankcraft`` (the task wrapper lives here) and the module of ``fn``: on a local instance they
 run the driver's interpreter, so an installed (also editable) rankcraft is found without ``PYTHONPATH``; on a
@@ -31,13 +31,15 @@ The ``ray`` package is imported only when a :class:`RayExecutor` is created.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 import traceback as _traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rankcraft.errors import ConfigError
 
@@ -74,7 +76,7 @@ def _failure(exc: BaseException, tb: str | None = None) -> Failure:
 def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     try:
         return fn(item)
-    except Exception as exc:  # one failing task must not kill the batch
+    except Exception as exc:  # noqa: BLE001 - one failing task must not kill the batch
         return _failure(exc)
 
 
@@ -91,10 +93,21 @@ def _call_with_threads(fn: Callable[[Any], Any], item: Any, threads: int | None)
         torch.set_num_threads(old)
 
 
-def _run_task(fn: Callable[[Any], Any], item: Any, threads: int) -> Any:
-    """Body of a Ray task (runs in a worker; must stay a module-level function of an importable module)."""
+def _run_task(fn_blob: bytes, fn_name: str, item: Any, threads: int) -> Any:
+    """Body of a Ray task (runs in a worker; must stay a module-level function of an importable module).
+
+    ``fn`` arrives pickled so that failing to load it (its module not importable in the worker) becomes a
+    :class:`Failure` with a clear message rather than a Ray system error.
+    """
+    import pickle
+
     import torch
 
+    try:
+        fn = pickle.loads(fn_blob)  # our own cloudpickle of fn, made by the driver
+    except Exception as exc:  # noqa: BLE001
+        return Failure(f"{type(exc).__name__}: {exc} (loading {fn_name} in a Ray worker: the module that defines it "
+                       "must be importable there)", "".join(_traceback.format_exception(exc)))
     torch.set_num_threads(threads)
     return _call(fn, item)
 
@@ -283,7 +296,7 @@ class RayExecutor(Executor):
         else:
             try:
                 with _SingleConnectAttempt():
-                        ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING,
+                    ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING,
                              ignore_reinit_error=True)
             except Exception as exc:
                 raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {type(exc).__name__}: "
@@ -293,7 +306,7 @@ class RayExecutor(Executor):
         if workers is None:
             try:
                 cpus = int(ray.cluster_resources().get("CPU", 1))
-            except Exception:
+            except Exception:  # noqa: BLE001 - only a default, never fatal
                 cpus = os.cpu_count() or 1
             workers = max(1, cpus // threads_per_task)
         self.workers = workers
@@ -309,7 +322,8 @@ class RayExecutor(Executor):
         if not items:
             return []
         ray = self._ray
-        fn_ref = ray.put(fn)
+        fn_ref = ray.put(ray.cloudpickle.dumps(fn))
+        fn_name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
         results: list[Any] = [None] * len(items)
         pending: dict[Any, int] = {}
         submitted = 0
@@ -317,31 +331,29 @@ class RayExecutor(Executor):
             try:
                 while submitted < len(items) or pending:
                     while submitted < len(items) and len(pending) < self.workers:
-                        pending[self._task.remote(fn_ref, items[submitted], self.threads_per_task)] = submitted
+                        pending[self._task.remote(fn_ref, fn_name, items[submitted], self.threads_per_task)] = submitted
                         submitted += 1
                     ready, _ = ray.wait(list(pending), num_returns=1)
                     for ref in ready:
                         i = pending.pop(ref)
                         try:
                             results[i] = ray.get(ref)
-                        except Exception as exc:  # Ray-level failure: worker died, fn not importable there, ...
+                        except Exception as exc:  # noqa: BLE001 - Ray-level failure: worker died, fn not importable, ...
                             results[i] = self._ray_failure(exc)
                         bar.update(1)
             except BaseException:
-                for ref in pending:
-                    try:
+                for ref in pending:  # e.g. KeyboardInterrupt: do not leave the cluster busy
+                    with contextlib.suppress(Exception):
                         ray.cancel(ref, force=True)
-                    except Exception:
-                        pass
                 raise
         return results
 
     def _ray_failure(self, exc: Exception) -> Failure:
         cause = getattr(exc, "cause", None)
         if isinstance(exc, self._ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
-            # the exception raised in the worker (e.g. ModuleNotFoundError while unpickling fn)
-            return _failure(cause, str(exc))
-        return _failure(exc, str(exc))
+            return _failure(cause, str(exc))  # the exception raised in the worker
+        first_line = (str(exc).strip().splitlines() or [""])[0]  # Ray's messages embed whole tracebacks
+        return Failure(f"{type(exc).__name__}: {first_line}", str(exc))
 
     def close(self) -> None:
         if self._closed:

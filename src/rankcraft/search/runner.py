@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -70,6 +71,12 @@ class DnasConfig(_Strict):
     checkpoint_every: int = Field(default=200, ge=1)
 
 
+class ZooRef(_Strict):
+    model: str
+    params: dict = Field(default_factory=dict)
+    name: str | None = None  # label on the front (default: the model name)
+
+
 class Budget(_Strict):
     trials: int | None = Field(default=None, ge=1)
     minutes: float | None = Field(default=None, gt=0)
@@ -106,9 +113,9 @@ class SearchConfig(_Strict):
     workers: int = Field(default=1, ge=1)
     threads_per_task: int | None = Field(default=None, ge=1)
     ray_address: str | None = None
-    #: zoo models evaluated at the same fidelity as references on the front (must have an arch counterpart
-    #: or be any zoo model: they are trained as zoo models)
-    zoo: list[str] = Field(default_factory=lambda: ["dnn", "deepfm", "dcnv2"])
+    #: zoo models trained at the same fidelity as references on the front: a name (hyperparameters from the
+    #: dataset's benchmark presets when it has them, else the defaults) or {model, params}
+    zoo: list[str | ZooRef] = Field(default_factory=lambda: ["dnn", "deepfm", "dcnv2"])
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     oneshot: OneShotConfig = Field(default_factory=OneShotConfig)
     dnas: DnasConfig = Field(default_factory=DnasConfig)
@@ -250,20 +257,35 @@ class SearchContext:
                             metrics=res["metrics"], params=res["params"], timings=res["timings"],
                             extra={"best_epoch": res["best_epoch"], "steps": res["steps"]})
 
+    def zoo_refs(self) -> list[ZooRef]:
+        """The zoo references with their hyperparameters (benchmark presets of the recipe for bare names)."""
+        from rankcraft.bench.zoo import load_presets
+
+        presets = load_presets()
+        recipe = str(self.cfg.data.get("recipe") or "")
+        ds = presets.get(recipe.replace("_", "-")) or presets.get(recipe) or {}
+        out = []
+        for z in self.cfg.zoo:
+            if isinstance(z, str):
+                entry = ds.get("models", {}).get(z, {})
+                z = ZooRef(model=entry.get("model", z), params=dict(entry.get("params", {})), name=z)
+            out.append(z if z.name else z.model_copy(update={"name": z.model}))
+        return out
+
     def evaluate_zoo(self) -> None:
         """Train the zoo references at the same fidelity (once per search directory)."""
         from rankcraft.search.evaluate import evaluate_task
         from rankcraft.search.parallel import is_failure
 
         todo = []
-        for name in self.cfg.zoo:
-            key = f"zoo-{name}"
+        for ref in self.zoo_refs():
+            key = f"zoo-{ref.name}"
             if self.store.get(key) is None:
-                params = {"embedding_dim": self.cfg.embedding_dim}
-                num = self.store.start(key, arch={"zoo": name}, hparams=self.cfg.train,
+                params = {"embedding_dim": self.cfg.embedding_dim, **ref.params}
+                num = self.store.start(key, arch={"zoo": ref.model, "params": params}, hparams=self.cfg.train,
                                        fidelity={"tag": "standalone", **self._fidelity()}, strategy="zoo",
-                                       extra={"model": name})
-                todo.append((num, self.task(key, name, params)))
+                                       extra={"model": ref.name})
+                todo.append((num, self.task(key, ref.model, params)))
         if todo:
             results = self.executor.map(evaluate_task, [t for _, t in todo],
                                         progress="zoo references" if self.progress else None)
@@ -295,8 +317,8 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
             cfg = SearchConfig.parse(saved, str(cfg_path))  # a resumed search continues with its own config
     elif resume:
         raise ConfigError(f"{out}: no search to resume (config.json is missing)")
-    for name in cfg.zoo:
-        model_class(name)  # unknown zoo reference -> ConfigError
+    for z in cfg.zoo:
+        model_class(z if isinstance(z, str) else z.model)  # unknown zoo reference -> ConfigError
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_path, cfg.to_dict())
     store = TrialStore(storage or (out / "trials.db"), study="search")
@@ -306,7 +328,8 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
     from rankcraft.api import DataSpec
 
     data = prepare(DataSpec.model_validate(cfg.data).source(), cache_dir=cache_dir)
-    threads = cfg.threads_per_task or 1
+    # default: the machine's cores shared by the workers (a sequential search uses all of them)
+    threads = cfg.threads_per_task or max(1, (os.cpu_count() or 1) // cfg.workers)
     with make_executor(cfg.workers, ray_address=cfg.ray_address, threads_per_task=threads) as executor:
         ctx = SearchContext(cfg, out, store, executor, data, cache_dir=cache_dir, progress=progress)
         if cfg.zoo:

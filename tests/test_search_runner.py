@@ -185,3 +185,31 @@ def test_budget_parsing():
         parse_budget("2.5")
     with pytest.raises(ConfigError, match="budget"):
         SearchConfig.parse({"budget": {}})
+
+
+@pytest.mark.slow
+def test_kill_9_during_supernet_training_resumes_from_its_checkpoint(tmp_path):
+    cfg = _cfg("oneshot", oneshot={"steps": 200, "candidates": 10, "population": 4, "sample": 2, "top_k": 1,
+                                   "checkpoint_every": 20, "batch_size": 256})
+    reference = tmp_path / "reference"
+    run_search(cfg, reference, progress=False)
+    out = tmp_path / "crashed"
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, json.dumps(cfg), str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "supernet.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    import torch
+
+    step = torch.load(out / "supernet.pt", weights_only=True)["step"]
+    assert 0 < step < 200  # killed mid-training, after a checkpoint
+    subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, json.dumps(cfg), str(out), "resume"], check=True,
+                   capture_output=True)
+    final, ref = _completed(out), _completed(reference)
+    # the resumed supernet continued from its checkpoint on the same batches and paths: same scores, same picks
+    assert set(final) == set(ref)
+    for key, (metrics, _) in ref.items():
+        assert final[key][0]["logloss"] == pytest.approx(metrics["logloss"], abs=1e-5)

@@ -213,3 +213,26 @@ def test_kill_9_during_supernet_training_resumes_from_its_checkpoint(tmp_path):
     assert set(final) == set(ref)
     for key, (metrics, _) in ref.items():
         assert final[key][0]["logloss"] == pytest.approx(metrics["logloss"], abs=1e-5)
+
+
+def test_cli_arch_tools(tmp_path, capsys):
+    out = tmp_path / "dlrm.json"
+    assert main(["arch", "zoo", "dcnv2", "--param", "num_cross_layers=2", "--out", str(out)]) == 0
+    assert load_arch(out).blocks[0].dense.layers == 2
+    capsys.readouterr()
+    assert main(["arch", "show", str(out), "--dataset", "synthetic", "--rows", "500", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    from rankcraft.api import DataSpec
+    from rankcraft.data.dataset import prepare
+    from rankcraft.models import build_model
+    from rankcraft.training.profile import count_parameters
+
+    feats = prepare(DataSpec(recipe="synthetic", rows=500).source()).features
+    zoo = build_model("dcnv2", feats, {"num_cross_layers": 2})
+    assert info["params"] == count_parameters(zoo) and info["flops_per_example"] > 0
+    assert main(["arch", "sample", "--space", "full", "--seed", "4", "--out", str(tmp_path / "s.json")]) == 0
+    from rankcraft.search.space import get_space
+
+    get_space("full").check(load_arch(tmp_path / "s.json"))
+    assert main(["arch", "zoo", "autoint"]) == 2
+    assert "no architecture counterpart" in capsys.readouterr().err

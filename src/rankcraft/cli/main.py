@@ -303,6 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--quiet", action="store_true", help="no progress bars")
     sr.set_defaults(func=cmd_search)
 
+    ar = sub.add_parser("arch", help="architecture JSON tools: show (validate, FLOPs, params), zoo, sample")
+    ar_sub = ar.add_subparsers(dest="arch_command", metavar="ACTION")
+    ash = ar_sub.add_parser("show", help="validate an architecture; with data, its FLOPs/example and parameters")
+    ash.add_argument("file", help="architecture JSON or best.json")
+    _add_data_args(ash)
+    ash.add_argument("--embedding-dim", type=int, help="default: best.json's params, else 10")
+    ash.add_argument("--json", action="store_true")
+    ash.set_defaults(func=cmd_arch_show)
+    az = ar_sub.add_parser("zoo", help="a zoo model written as an architecture (dnn, deepfm, dcnv2, dlrm)")
+    az.add_argument("model")
+    az.add_argument("--param", action="append", metavar="KEY=VALUE")
+    az.add_argument("--out", help="write here (default: print)")
+    az.set_defaults(func=cmd_arch_zoo)
+    asa = ar_sub.add_parser("sample", help="a random architecture of a search space")
+    asa.add_argument("--space", default="small")
+    asa.add_argument("--seed", type=int, default=0)
+    asa.add_argument("--numeric", action="store_true", help="the data has numeric features (raw dense input)")
+    asa.add_argument("--out", help="write here (default: print)")
+    asa.set_defaults(func=cmd_arch_sample)
+
     an = sub.add_parser("analyze", help="data analyses (session hopping)")
     an_sub = an.add_subparsers(dest="analysis", metavar="ANALYSIS")
     se = an_sub.add_parser("sessions", help="within- vs across-session similarity and theme returns (MoS)",
@@ -417,6 +437,66 @@ def _print_search(report: dict, out: str) -> None:
     print(f"search directory: {out} (best.json, front.png, report.md)")
 
 
+def _write_or_print(text: str, out: str | None) -> None:
+    if out:
+        from rankcraft.training.checkpoint import atomic_write_text
+
+        atomic_write_text(out, text + "\n")
+        print(f"wrote {out}")
+    else:
+        print(text)
+
+
+def cmd_arch_show(args) -> int:
+    from rankcraft.search.arch import load_arch
+
+    arch = load_arch(args.file)
+    doc = json.loads(Path(args.file).read_text())
+    d = args.embedding_dim or (doc.get("params", {}).get("embedding_dim") if "arch" in doc else None) or 10
+    info: dict = {"blocks": len(arch.blocks), "live_nodes": len(arch.live()),
+                  "nodes": [f"{i}: dense={b.dense.op if b.dense else '-'} sparse={b.sparse.op if b.sparse else '-'}"
+                            for i, b in enumerate(arch.blocks, start=1)]}
+    data = _data_spec(args)
+    if data is not None:
+        from rankcraft.api import DataSpec
+        from rankcraft.data.dataset import prepare
+        from rankcraft.search.cost import arch_flops
+        from rankcraft.search.network import ArchNet
+        from rankcraft.training.profile import count_parameters
+
+        prepared = prepare(DataSpec.model_validate(data).source(), cache_dir=args.cache_dir)
+        info["embedding_dim"] = d
+        info["flops_per_example"] = arch_flops(arch, prepared.features, d)
+        info["params"] = count_parameters(ArchNet(prepared.features, arch, d))
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print(f"{args.file}: valid architecture, {info['blocks']} blocks, {info['live_nodes']} live node(s)")
+        for line in info["nodes"]:
+            print("  block " + line)
+        if "flops_per_example" in info:
+            print(f"flops/example {info['flops_per_example']:,.0f}  params {info['params']:,}  "
+                  f"(embedding_dim {d})")
+    return 0
+
+
+def cmd_arch_zoo(args) -> int:
+    from rankcraft.search.human import zoo_arch
+
+    _write_or_print(zoo_arch(args.model, _kv(args.param, "--param")).to_json(), args.out)
+    return 0
+
+
+def cmd_arch_sample(args) -> int:
+    import random
+
+    from rankcraft.search.space import get_space
+
+    arch = get_space(args.space, raw_dense=args.numeric).sample(random.Random(args.seed))
+    _write_or_print(arch.to_json(), args.out)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from rankcraft.bench.zoo import main_bench
 
@@ -464,8 +544,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; a run continues with `rankcraft train --out RUN_DIR --resume`", file=sys.stderr)
+        print("\ninterrupted; a run continues with `rankcraft train --out RUN_DIR --resume` (a search with "
+              "`rankcraft search --out DIR --resume`)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

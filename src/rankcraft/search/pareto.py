@@ -123,6 +123,10 @@ def plot_front(points, *, path: str | Path, front: Sequence[int] | None = None,
     xs = np.concatenate([a[finite, 1], [c for _, _, c in refs]])
     if logx and xs.size and np.all(xs > 0):
         ax.set_xscale("log")
+        # minor-tick labels (2×10⁴, 3×10⁴, …) overlap on narrow ranges; keep the decade labels only
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.scatter(a[finite, 1], a[finite, 0], s=14, c="0.6", alpha=0.7, linewidths=0,
                label=f"trials ({int(finite.sum())})", zorder=1)
     if front_idx.size:

@@ -100,23 +100,33 @@ def _mean(xs: list[float]) -> str:
 
 def write_tables(rows: list[dict], zoo: dict | None, args) -> None:
     lines = ["# Architecture search on Frappe_x1", "",
-             f"Search budget {args.budget} per strategy on the 2-core CPU machine; candidates trained standalone "
+             (f"Search budget {args.budget} per strategy on the 2-core CPU machine; candidates trained standalone "
              "for 3 epochs (low fidelity); the best of each search retrained from scratch with the zoo "
-             "benchmark's recipe (`benchmarks/search/frappe_x1_retrain.yaml`, early stopping on validation AUC).",
-             "", "| strategy | trials | search min | hypervolume (zoo refs) | low-fi AUC | retrained valid AUC | "
-             "valid logloss | FLOPs/example | params |", "|---|---|---|---|---|---|---|---|---|"]
+             "benchmark's recipe (`benchmarks/search/frappe_x1_retrain.yaml`, early stopping on validation AUC)."),
+             "", ("| strategy | trials | search min | hypervolume (zoo refs) | low-fi AUC | retrained valid AUC | "
+             "valid logloss | FLOPs/example | params |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['strategy']} | {r['trials']} | {r['search_minutes']:.1f} | {r['hypervolume']:.4g} "
                      f"({r['hypervolume_zoo']:.4g}) | {r['lowfi_auc']:.4f} | {_mean(r['auc'])} | "
                      f"{_mean(r['logloss'])} | {r['flops']:,.0f} | {r['params']:,} |")
     best_zoo = None
     if zoo:
-        models = zoo.get("models", zoo)
-        entries = models.values() if isinstance(models, dict) else models
-        cands = [e for e in entries if isinstance(e, dict) and "auc_mean" in e or "valid_auc" in e]
-        best_zoo = max(cands, key=lambda e: e.get("auc_mean", e.get("valid_auc", 0))) if cands else None
-    lines += ["", "Zoo reference (3 seeds, `benchmarks/results/frappe_x1_targets`): see that table; the best zoo "
-              "model there is FinalMLP."]
+        name, m = max(zoo["models"].items(), key=lambda kv: kv[1]["valid_auc_mean"])
+        best_zoo = {"model": name, "auc": [r["valid_auc"] for r in m["runs"]],
+                    "logloss": [r["valid_logloss"] for r in m["runs"]], "flops": m["flops_per_example"],
+                    "params": m["params_count"]}
+        lines += ["", (f"Best zoo model (`{args.zoo_results.parent.name}`): **{name}**, valid AUC "
+                  f"{_mean(best_zoo['auc'])}, logloss {_mean(best_zoo['logloss'])}, "
+                  f"{best_zoo['flops']:,.0f} FLOPs/example, {best_zoo['params']:,} params."), ""]
+        for r in rows:
+            auc = statistics.mean(r["auc"])
+            zoo_auc = statistics.mean(best_zoo["auc"])
+            ok = auc >= zoo_auc and r["flops"] <= best_zoo["flops"]
+            lines.append(f"- {r['strategy']}: AUC {auc:.4f} vs {zoo_auc:.4f} ({auc - zoo_auc:+.4f}), FLOPs "
+                         f"{r['flops']:,.0f} vs {best_zoo['flops']:,.0f} ({r['flops'] / best_zoo['flops']:.2f}x): "
+                         f"target {'MET' if ok else 'NOT met'}")
+    lines += ["", "Produced by:", (f"- `python benchmarks/search_frappe.py --data-dir {args.data_dir} --budget "
+              f"{args.budget} --out {args.out.relative_to(HERE.parent) if args.out.is_absolute() else args.out}`")]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "best_zoo": best_zoo}, indent=2) + "\n")
     print("\n".join(lines))

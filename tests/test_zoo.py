@@ -3,6 +3,8 @@ validates its hyperparameters; models also run on feature sets without numeric /
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models import available_models, build_model
+from rankcraft.search.space import get_space
 from rankcraft.models.registry import requires_sequence
 from rankcraft.training.profile import flops_per_example
 
@@ -51,9 +54,12 @@ VARIANTS = [
     ("masknet", {"model_type": "serial"}),
     ("masknet", {"model_type": "serial", "hidden_units": [], "emb_layernorm": False, "net_layernorm": False}),
 ]
+# models with required hyperparameters: `arch` (a searched architecture) gets a member of the tiny search space
+# (it has its own tests in test_search_space)
+REQUIRED = {"arch": {"arch": get_space("tiny").sample(random.Random(0)).to_dict()}}
 # behaviour-sequence models need a sequence feature; they have their own tests (test_sequence_models, test_mos)
-CASES = [(m, {}) for m in available_models() if not requires_sequence(m)] + VARIANTS
-CASE_IDS = [m + "".join(f"-{k}={v}" for k, v in p.items()) for m, p in CASES]
+CASES = [(m, dict(REQUIRED.get(m, {}))) for m in available_models() if not requires_sequence(m)] + VARIANTS
+CASE_IDS = [m + "".join(f"-{k}={v}" for k, v in p.items() if k != "arch") for m, p in CASES]
 
 
 def make_data(fs: FeatureSet, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -134,14 +140,14 @@ NON_SEQUENCE = [m for m in available_models() if not requires_sequence(m)]
 @pytest.mark.parametrize("name", NON_SEQUENCE)
 def test_model_learns_on_categorical_only_features(name):
     """frappe-like input: no numeric and no multi-valued features."""
-    model = build_model(name, CAT_ONLY, {})
+    model = build_model(name, CAT_ONLY, REQUIRED.get(name, {}))
     assert_learns(train(model, make_data(CAT_ONLY, 2048, seed=1)))
 
 
 @pytest.mark.parametrize("fs", [NO_MULTI, NO_NUMERIC, WITH_SEQUENCE], ids=["no_multi", "no_numeric", "sequence"])
 @pytest.mark.parametrize("name", NON_SEQUENCE)
 def test_model_runs_on_other_feature_sets(name, fs):
-    model = build_model(name, fs, {"fused_embedding": False})
+    model = build_model(name, fs, {**REQUIRED.get(name, {}), "fused_embedding": False})
     data = make_data(fs, 32, seed=2)
     logits = model(data)
     assert logits.shape == (32,) and torch.isfinite(logits).all()
@@ -153,9 +159,9 @@ def test_model_runs_on_other_feature_sets(name, fs):
 @pytest.mark.parametrize("name", available_models())
 def test_unknown_or_invalid_hyperparameters_raise_config_error(name):
     with pytest.raises(ConfigError, match="no_such_param"):
-        build_model(name, FULL, {"no_such_param": 1})
+        build_model(name, FULL, {**REQUIRED.get(name, {}), "no_such_param": 1})
     with pytest.raises(ConfigError):
-        build_model(name, FULL, {"embedding_dim": 0})
+        build_model(name, FULL, {**REQUIRED.get(name, {}), "embedding_dim": 0})
 
 
 @pytest.mark.parametrize("name", [m for m in available_models() if requires_sequence(m)])

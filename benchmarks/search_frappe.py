@@ -1,7 +1,7 @@
 """Architecture-search benchmark on Frappe_x1: every strategy with a time budget, each strategy's best architecture
 retrained from scratch with the zoo benchmark's recipe, compared with the best zoo model.
 
-    python benchmarks/search_frappe.py --data-dir ../shared/data/frappe_x1 --budget 20m \
+    python benchmarks/search_frappe.py --data-dir ../shared/data/frappe_x1 --budget 15m \
         --out benchmarks/results/search_frappe_x1
 
 Steps (each skipped when its output already exists, so an interrupted benchmark continues where it stopped):
@@ -63,7 +63,7 @@ def main() -> None:
     global ARGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "frappe_x1"))
-    p.add_argument("--budget", default="20m", help="search budget per strategy (the issue allows up to 30m)")
+    p.add_argument("--budget", default="15m", help="search budget per strategy (the issue allows up to 30m)")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--out", type=Path, default=HERE / "results" / "search_frappe_x1")
     p.add_argument("--zoo-results", type=Path, default=HERE / "results" / "frappe_x1_targets" / "results.json")

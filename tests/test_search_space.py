@@ -289,3 +289,26 @@ def test_dnas_expected_cost_is_differentiable_and_normalised():
     assert 0 < float(c.detach()) <= 1
     c.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.arch_parameters())
+
+
+def test_batchnorm_supernet_exports_exactly_and_scores_with_batch_statistics():
+    data = make_data(FULL, 64)
+    sp = get_space({**PRESETS["tiny"], "norm": "batch"}, raw_dense=True)
+    torch.manual_seed(0)
+    net = Supernet(FULL, sp, 6)
+    net.train()
+    rng = random.Random(0)
+    for _ in range(3):  # move the running statistics away from their initial values
+        net(data, sp.sample(rng))
+    net.eval()
+    a = sp._arch([{"dense": {"op": "mlp", "dim": 16, "flat_inputs": [j]},
+                   "sparse": {"op": "efc", "fields": 4, "inputs": [j]}} for j in range(3)])
+    sp.check(a)
+    torch.testing.assert_close(net(data, a), net.export(a).eval()(data), rtol=1e-5, atol=1e-5)
+    net.use_batch_stats(True)
+    with_batch = net(data, a)
+    net.train()
+    torch.testing.assert_close(with_batch, net(data, a))  # train-mode normalisation (no dropout in tiny)
+    net.eval()
+    net.use_batch_stats(False)
+    assert not torch.allclose(net(data, a), with_batch)

@@ -187,6 +187,7 @@ def run_oneshot(ctx) -> None:
                 ckpt_path=ctx.out / "supernet.pt", every=cfg.checkpoint_every, desc="supernet",
                 time_share=0.5, seed=ctx.cfg.seed, batch_size=bs)
     net.eval()
+    net.use_batch_stats(ctx.space.config.norm == "batch")
     score_batches = _score_batches(ctx, cfg.score_batches, bs)
     features, d = ctx.data.features, ctx.cfg.embedding_dim
     scored = {"n": 0}

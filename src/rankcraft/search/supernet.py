@@ -52,6 +52,10 @@ class _Norm(nn.Module):
     def __init__(self, width: int, kind: str):
         super().__init__()
         self.kind = kind
+        #: BatchNorm only: normalise with the current batch's statistics even in eval mode (no running-stat
+        #: update). Running statistics are shared by every subnet and so describe none of them; scoring a subnet
+        #: with its own batch statistics is the usual fix (set through :meth:`Supernet.use_batch_stats`).
+        self.batch_stats = False
         if kind in ("layer", "batch"):
             self.weight = nn.Parameter(torch.ones(width))
             self.bias = nn.Parameter(torch.zeros(width))
@@ -64,6 +68,8 @@ class _Norm(nn.Module):
         if self.kind == "layer":
             return F.layer_norm(h, (w,), self.weight[:w], self.bias[:w])
         if self.kind == "batch":
+            if self.batch_stats and not self.training:
+                return F.batch_norm(h, None, None, self.weight[:w], self.bias[:w], True, 0.0, 1e-5)
             return F.batch_norm(h, self.running_mean[:w], self.running_var[:w], self.weight[:w], self.bias[:w],
                                 self.training, 0.1, 1e-5)
         return h
@@ -185,6 +191,12 @@ class Supernet(nn.Module):
             self.head_off[("flat", j)] = off
             off += self.fields_max[j] * d
         self.head_weight, self.head_bias = _param(1, off), _param(1, fan_in=off)
+
+    def use_batch_stats(self, flag: bool = True) -> None:
+        """Score subnets with per-batch BatchNorm statistics in eval mode (see :class:`_Norm`)."""
+        for m in self.modules():
+            if isinstance(m, _Norm):
+                m.batch_stats = flag
 
     # -- forward ---------------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor], arch: Arch) -> torch.Tensor:

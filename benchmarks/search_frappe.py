@@ -49,32 +49,31 @@ def search(strategy: str, args) -> Path:
     return d
 
 
-def retrain(arch: Path, seed: int, run: Path) -> dict:
+def retrain(arch: Path, seed: int, run: Path, data_dir: str) -> dict:
     if not (run / "report.json").exists():
         resume = ["--resume"] if (run / "last.pt").exists() else []
         sh(rankcraft("train", "--arch", str(arch), "--config", str(HERE / "search" / "frappe_x1_retrain.yaml"),
-                     "--dataset", "frappe_x1", "--data-dir", ARGS.data_dir, "--seed", str(seed), "--out", str(run),
+                     "--dataset", "frappe_x1", "--data-dir", data_dir, "--seed", str(seed), "--out", str(run),
                      "--quiet", *resume) if not resume else
            rankcraft("train", "--out", str(run), "--resume", "--quiet"))
     return json.loads((run / "report.json").read_text())
 
 
 def main() -> None:
-    global ARGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "frappe_x1"))
     p.add_argument("--budget", default="15m", help="search budget per strategy (the issue allows up to 30m)")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--out", type=Path, default=HERE / "results" / "search_frappe_x1")
     p.add_argument("--zoo-results", type=Path, default=HERE / "results" / "frappe_x1_targets" / "results.json")
-    ARGS = args = p.parse_args()
+    args = p.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
     rows = []
     for s in strategies:
         d = search(s, args)
         report = json.loads((d / "report.json").read_text())
         best = json.loads((d / "best.json").read_text())
-        r = retrain(d / "best.json", 2021, args.out / "runs" / f"{s}-retrain-2021")
+        r = retrain(d / "best.json", 2021, args.out / "runs" / f"{s}-retrain-2021", args.data_dir)
         shutil.copyfile(d / "front.png", args.out / f"front_{s}.png")
         rows.append({"strategy": s, "trials": report["trials"], "search_minutes": report["elapsed_minutes"],
                      "hypervolume": report["hypervolume"], "hypervolume_zoo": report["hypervolume_zoo"],
@@ -84,7 +83,7 @@ def main() -> None:
                      "zoo_lowfi": report["zoo"]})
     top = max(rows, key=lambda x: x["auc"][0])
     for seed in (1, 2):
-        r = retrain(Path(top["arch"]), seed, args.out / "runs" / f"{top['strategy']}-retrain-{seed}")
+        r = retrain(Path(top["arch"]), seed, args.out / "runs" / f"{top['strategy']}-retrain-{seed}", args.data_dir)
         top["auc"].append(r["valid"]["auc"])
         top["logloss"].append(r["valid"]["logloss"])
         top["best_epoch"].append(r["best_epoch"])

@@ -75,6 +75,25 @@ class DataSpec(BaseModel):
         raise ConfigError("data: give a 'recipe' (e.g. frappe_x1) or a 'schema' with 'train' (and 'valid') files")
 
 
+def read_config_yaml(path: str | Path) -> dict:
+    """A YAML config file as a mapping (``{}`` when empty); unreadable or invalid files are a ConfigError."""
+    path = Path(path)
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: a config file is a YAML mapping (sections data, train, ...), "
+                          f"got {type(obj).__name__}")
+    return obj
+
+
 class RunConfig(BaseModel):
     """Everything that defines a training run."""
 
@@ -96,16 +115,7 @@ class RunConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        try:
-            obj = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        return cls.parse(obj or {}, str(path))
+        return cls.parse(read_config_yaml(path), str(path))
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json", by_alias=True)

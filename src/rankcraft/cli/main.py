@@ -386,15 +386,9 @@ def cmd_search(args) -> int:
             raise ConfigError(f"{args.out}: no search to resume (config.json is missing)")
         _print_search(report, args.out)
         return 0
-    cfg: dict = {}
-    if args.config:
-        path = Path(args.config)
-        try:
-            cfg = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    from rankcraft.api import read_config_yaml
+
+    cfg: dict = read_config_yaml(args.config) if args.config else {}
     data = _data_spec(args)
     if data is not None:
         cfg["data"] = data

@@ -32,9 +32,7 @@ from rankcraft.data.features import FeatureSet
 from rankcraft.search.arch import Arch, DenseNode, SparseNode
 from rankcraft.search.cost import dense_node_flops, sparse_node_flops
 from rankcraft.search.space import SearchSpace
-from rankcraft.search.supernet import Supernet
-
-_ACTS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+from rankcraft.search.supernet import Supernet, activation_fn
 
 
 class DnasSupernet(nn.Module):
@@ -111,7 +109,7 @@ class DnasSupernet(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         net, c = self.net, self.space.config
-        act = _ACTS[c.activation]
+        act = activation_fn(c.activation)
         pd, ps = self.probabilities()
         e0 = net.embedding(batch)
         dev = e0.device
@@ -155,12 +153,8 @@ class DnasSupernet(nn.Module):
                 outs.append(act(m.norm(seen[n.op][:, : n.dim])))
             width = max(o.shape[1] for o in outs)
             dense[i] = sum(p * F.pad(o, (0, width - o.shape[1])) for p, o in zip(pd[i - 1], outs))
-        n_blocks = c.blocks
-        x = torch.cat([dense[n_blocks], sparse[n_blocks].flatten(1)], dim=1)
-        cols = torch.cat([torch.arange(dense[n_blocks].shape[1], device=dev) + net.head_off[("dense", n_blocks)],
-                          torch.arange(sparse[n_blocks].shape[1] * self.d, device=dev)
-                          + net.head_off[("flat", n_blocks)]])
-        logits = F.linear(x, net.head_weight.index_select(1, cols), net.head_bias).squeeze(-1)
+        n = c.blocks
+        logits = net.head([("dense", n, dense[n]), ("flat", n, sparse[n].flatten(1))])
         return logits, self.expected_cost()
 
     def derive(self) -> Arch:

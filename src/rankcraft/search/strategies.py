@@ -116,10 +116,10 @@ def _logloss(model_fn, batches: list[dict]) -> float:
 
 
 def _ne(logloss: float, batches: list[dict]) -> float:
-    y = torch.cat([b["label"] for b in batches]).double()
-    p = float(y.mean().clamp(1e-7, 1 - 1e-7))
-    base = -(p * math.log(p) + (1 - p) * math.log(1 - p))
-    return logloss / base
+    """Normalised entropy: the logloss over the entropy of the batches' base rate (training.metrics)."""
+    from rankcraft.training.metrics import entropy
+
+    return logloss / entropy(float(torch.cat([b["label"] for b in batches]).double().mean()))
 
 
 def _train_loop(ctx, model, params_groups, step_fn, *, steps: int, ckpt_path, every: int, desc: str,

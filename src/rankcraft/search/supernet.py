@@ -34,6 +34,15 @@ from rankcraft.search.arch import Arch
 from rankcraft.search.network import ArchNet, raw_embedding_features
 from rankcraft.search.space import SearchSpace
 
+#: activations the functional supernet (and the DNAS mixture built on it) supports
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+
+
+def activation_fn(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"the supernet supports activations {', '.join(ACTIVATIONS)}, not '{name}'")
+    return ACTIVATIONS[name]
+
 
 def _param(*shape: int, fan_in: int | None = None, zeros: bool = False) -> nn.Parameter:
     """A parameter initialised like ``nn.Linear`` (uniform ±1/√fan_in) or zeros."""
@@ -200,9 +209,7 @@ class Supernet(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor], arch: Arch) -> torch.Tensor:
-        act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}.get(self.space.config.activation)
-        if act is None:
-            raise ValueError("the supernet supports activations relu, gelu, silu and tanh")
+        act = activation_fn(self.space.config.activation)
         drop = self.space.config.dropout
         e0 = self.embedding(batch)
         dense: dict[int, torch.Tensor] = {0: batch["num"] if self.n_num else e0.new_zeros(e0.shape[0], 0)}
@@ -224,8 +231,13 @@ class Supernet(nn.Module):
             if blk.dense is not None and (i, "dense") in live:
                 dense[i] = self._dense(blk.dense, sb, dense, sparse, act, drop, dev)
         h = arch.head
-        srcs = [("dense", j, dense[j]) for j in h.inputs] + [("flat", j, sparse[j].flatten(1)) for j in h.flat_inputs]
+        return self.head([("dense", j, dense[j]) for j in h.inputs]
+                         + [("flat", j, sparse[j].flatten(1)) for j in h.flat_inputs])
+
+    def head(self, srcs: list[tuple[str, int, torch.Tensor]]) -> torch.Tensor:
+        """``logits [B]`` of the head Linear over sources ``(stream, j, x [B, w])`` in concatenation order."""
         srcs = [(s, j, x) for s, j, x in srcs if x.shape[1] > 0]
+        dev = srcs[0][2].device
         cols = torch.cat([torch.arange(x.shape[1], device=dev) + self.head_off[(s, j)] for s, j, x in srcs])
         x = torch.cat([x for _, _, x in srcs], dim=1)
         return F.linear(x, self.head_weight.index_select(1, cols), self.head_bias).squeeze(-1)
@@ -316,7 +328,7 @@ class Supernet(nn.Module):
                         state[p + f"cross.layers.{layer}.weight"] = m.weight[layer]
                         state[p + f"cross.layers.{layer}.bias"] = m.bias[layer]
                 else:
-                    if n.op in ("mlp",):
+                    if n.op == "mlp":
                         state[p + "linear.weight"] = m.weight[: n.dim].index_select(1, cols)
                         state[p + "linear.bias"] = m.bias[: n.dim]
                     elif n.op == "gating":

@@ -41,7 +41,7 @@ def search(strategy: str, args) -> Path:
     d = args.out / "runs" / strategy
     if (d / "report.json").exists():
         return d
-    cmd = rankcraft("search", "--config", str(HERE / "search" / "frappe_x1.yaml"), "--data-dir", args.data_dir,
+    cmd = rankcraft("search", "--config", str(args.config), "--data-dir", args.data_dir,
                     "--strategy", strategy, "--budget", args.budget, "--out", str(d), "--quiet")
     if (d / "config.json").exists():
         cmd = rankcraft("search", "--out", str(d), "--resume", "--quiet")
@@ -63,6 +63,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data" / "frappe_x1"))
     p.add_argument("--budget", default="15m", help="search budget per strategy (the issue allows up to 30m)")
+    p.add_argument("--config", type=Path, default=HERE / "search" / "frappe_x1.yaml",
+                   help="search config (space, fidelity, objective, seeds)")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--out", type=Path, default=HERE / "results" / "search_frappe_x1")
     p.add_argument("--zoo-results", type=Path, default=HERE / "results" / "frappe_x1_targets" / "results.json")
@@ -91,6 +93,14 @@ def main() -> None:
     write_tables(rows, zoo, args)
 
 
+def _rel(path: Path) -> str:
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
+
+
 def _mean(xs: list[float]) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.4f}"
@@ -98,10 +108,16 @@ def _mean(xs: list[float]) -> str:
 
 
 def write_tables(rows: list[dict], zoo: dict | None, args) -> None:
+    from rankcraft.api import read_config_yaml
+
+    train = read_config_yaml(args.config).get("train", {})
+    fidelity = (f"{train['epochs']} epochs" + (" with early stopping" if train.get("early_stopping_patience") else "")
+                if "epochs" in train else "the config's fidelity")
     lines = ["# Architecture search on Frappe_x1", "",
-             (f"Search budget {args.budget} per strategy on the 2-core CPU machine; candidates trained standalone "
-             "for 3 epochs (low fidelity); the best of each search retrained from scratch with the zoo "
-             "benchmark's recipe (`benchmarks/search/frappe_x1_retrain.yaml`, early stopping on validation AUC)."),
+             (f"Search config `{_rel(args.config)}`, budget {args.budget} per strategy on the 2-core CPU machine; "
+              f"candidates trained standalone for {fidelity}; the best of each search retrained from scratch with "
+              "the zoo benchmark's recipe (`benchmarks/search/frappe_x1_retrain.yaml`, early stopping on validation "
+              "AUC)."),
              "", ("| strategy | trials | search min | hypervolume (zoo refs) | low-fi AUC | retrained valid AUC | "
              "valid logloss | FLOPs/example | params |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -124,8 +140,9 @@ def write_tables(rows: list[dict], zoo: dict | None, args) -> None:
             lines.append(f"- {r['strategy']}: AUC {auc:.4f} vs {zoo_auc:.4f} ({auc - zoo_auc:+.4f}), FLOPs "
                          f"{r['flops']:,.0f} vs {best_zoo['flops']:,.0f} ({r['flops'] / best_zoo['flops']:.2f}x): "
                          f"target {'MET' if ok else 'NOT met'}")
-    lines += ["", "Produced by:", (f"- `python benchmarks/search_frappe.py --data-dir {args.data_dir} --budget "
-              f"{args.budget} --out {args.out.relative_to(HERE.parent) if args.out.is_absolute() else args.out}`")]
+    cfg_arg = "" if args.config == HERE / "search" / "frappe_x1.yaml" else f" --config {_rel(args.config)}"
+    lines += ["", "Produced by:", (f"- `python benchmarks/search_frappe.py --data-dir {args.data_dir}{cfg_arg} "
+              f"--strategies {','.join(r['strategy'] for r in rows)} --budget {args.budget} --out {_rel(args.out)}`")]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "best_zoo": best_zoo}, indent=2) + "\n")
     print("\n".join(lines))

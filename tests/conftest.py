@@ -57,3 +57,27 @@ def adam_steps(model: torch.nn.Module, data: dict[str, torch.Tensor], *, steps: 
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database for one test, on the server named by ``RANKCRAFT_TEST_POSTGRES_URL`` (an
+    SQLAlchemy URL, e.g. ``postgresql+psycopg://postgres@/postgres?host=/tmp/pgsock&port=54329``); the test is
+    skipped when the variable is unset. The database is dropped afterwards."""
+    import uuid
+
+    server = os.environ.get("RANKCRAFT_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("RANKCRAFT_TEST_POSTGRES_URL is not set (no PostgreSQL server for this test)")
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    url = sqlalchemy.engine.make_url(server)
+    name = f"rankcraft_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -236,3 +236,61 @@ def test_cli_arch_tools(tmp_path, capsys):
     get_space("full").check(load_arch(tmp_path / "s.json"))
     assert main(["arch", "zoo", "autoint"]) == 2
     assert "no architecture counterpart" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- seeds, cap, AUC
+def test_evolution_starts_from_human_designs_within_a_flops_cap(tmp_path):
+    """Seeds enter the population as architectures; a seed over the cap is left out; no trained candidate is over
+    the cap; the AUC objective is reported as 1-auc and picks the highest-AUC candidate."""
+    from rankcraft.api import DataSpec
+    from rankcraft.data.dataset import prepare
+    from rankcraft.search.cost import arch_flops
+    from rankcraft.search.human import zoo_arch
+
+    features = prepare(DataSpec.model_validate(DATA).source()).features
+    small = {"hidden_units": [16], "dropout": 0.1}
+    cap = arch_flops(zoo_arch("dnn", small), features, 10) * 1.5
+    seeds = [{"model": "dnn", "params": small}, {"model": "dnn", "params": {"hidden_units": [512, 512]},
+                                                  "name": "big"}]
+    out = tmp_path / "evo"
+    report = run_search(_cfg("evolution", budget={"trials": 5}, objective="auc", max_flops=cap,
+                             evolution={"population": 3, "sample": 2, "seeds": seeds}), out, progress=False)
+    store = TrialStore(out / "trials.db", create=False)
+    trials = sorted((t for t in store.trials() if t.strategy == "evolution"), key=lambda t: t.number)
+    assert len(trials) == 5
+    assert trials[0].arch == zoo_arch("dnn", small).to_dict()  # the seed is the first candidate
+    assert all(t.flops <= cap for t in trials)
+    assert report["objective"] == "1-auc"
+    best = max(trials, key=lambda t: t.metrics["auc"])
+    assert report["best"]["key"] == best.key and report["best"]["1-auc"] == pytest.approx(1 - best.metrics["auc"])
+    assert "1-auc" in (out / "report.md").read_text()
+
+
+def test_an_impossible_flops_cap_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="max_flops 10: no architecture of space 'tiny'"):
+        run_search(_cfg("random", max_flops=10), tmp_path / "s", progress=False)
+
+
+def test_unsupported_seed_fails_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="autoint.*no architecture counterpart"):
+        run_search(_cfg("evolution", zoo=["dnn"], evolution={"population": 2, "sample": 2, "seeds": ["autoint"]}),
+                   tmp_path / "s", progress=False)
+    store = TrialStore(tmp_path / "s" / "trials.db", create=False)
+    assert store.trials() == []  # the zoo reference was not trained either
+
+
+def test_search_on_postgresql_resumes_from_the_shared_database(postgres_url, tmp_path):
+    """--storage with a PostgreSQL URL: trials go to the server (no trials.db file), and a resumed search with a
+    larger budget reuses them (skipped unless RANKCRAFT_TEST_POSTGRES_URL is set)."""
+    out = tmp_path / "pg"
+    run_search(_cfg("random", budget={"trials": 2}), out, storage=postgres_url, progress=False)
+    assert not (out / "trials.db").exists()
+    first = {t.key: t.metrics for t in TrialStore(postgres_url, create=False).trials()}
+    assert len(first) == 2
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["budget"] = {"trials": 4}
+    (out / "config.json").write_text(json.dumps(cfg))
+    report = run_search({}, out, resume=True, storage=postgres_url, progress=False)
+    after = {t.key: t.metrics for t in TrialStore(postgres_url, create=False).trials()}
+    assert report["trials"] == 4 and len(after) == 4
+    assert {k: after[k] for k in first} == first

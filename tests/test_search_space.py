@@ -22,6 +22,8 @@ from rankcraft.search.space import PRESETS, get_space
 from rankcraft.search.supernet import Supernet
 from rankcraft.training.profile import count_parameters, flops_per_example
 
+FULL_FIELDS = len(FULL.features)
+
 
 def _arch(blocks, head=None, **kw) -> Arch:
     return parse_arch({"blocks": blocks, "head": head or {"inputs": [len(blocks)]}, **kw})
@@ -123,6 +125,81 @@ def test_zoo_arch_computes_the_same_function_as_the_zoo_model():
             state[mapping[pre] + k[len(pre):]] = v
     arch.load_state_dict(state)
     torch.testing.assert_close(arch(data), zoo(data))
+
+
+FINALMLP = {"mlp1_hidden_units": [16], "mlp2_hidden_units": [8, 4], "mlp1_dropout": 0.3, "mlp2_batch_norm": False,
+            "fs_hidden_units": [12], "fs1_context": ["c0", "m0"], "fs2_context": ["c1"], "num_heads": 2}
+
+
+@pytest.mark.parametrize("params", [FINALMLP, {**FINALMLP, "fs_hidden_units": []}, {**FINALMLP, "use_fs": False}])
+def test_finalmlp_is_an_architecture_with_equal_flops_and_parameters(params):
+    data = make_data(FULL, 32)
+    zoo = build_model("finalmlp", FULL, params)
+    arch = build_model("arch", FULL, zoo_params("finalmlp", params))
+    assert flops_per_example(arch, data) == flops_per_example(zoo, data) > 0
+    assert count_parameters(arch) == count_parameters(zoo)
+    assert arch_flops(zoo_arch("finalmlp", params), FULL, 10) == flops_per_example(zoo, data)
+
+
+def test_finalmlp_with_a_learned_context_counts_its_gate_once_per_batch():
+    """Without context features the gate does not depend on the input: the profiler sees it once per batch, the
+    analytic count (per example, any batch size) leaves it out."""
+    params = {**FINALMLP, "fs1_context": []}
+    data = make_data(FULL, 32)
+    zoo = build_model("finalmlp", FULL, params)
+    gate = 2 * (10 * 12 + 12 * FULL_FIELDS * 10)  # [1, d] context -> 12 -> F·d, once per batch
+    assert arch_flops(zoo_arch("finalmlp", params), FULL, 10) == flops_per_example(zoo, data) - gate / 32
+
+
+def test_finalmlp_architecture_computes_the_same_function():
+    data = make_data(FULL, 16)
+    params = {**FINALMLP, "fs1_context": []}  # one learned-context gate and one with context
+    zoo = build_model("finalmlp", FULL, params).eval()
+    arch = build_model("arch", FULL, zoo_params("finalmlp", params)).eval()
+    with torch.no_grad():  # move the gates off their neutral start so the test can see them
+        for p in zoo.fs.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    mapping = {"embedding.": "embedding.", "fs.learned.0": "dense_blocks.1.ctx", "fs.gates.0.": "dense_blocks.1.gate.",
+               "fs.gates.1.": "dense_blocks.2.gate.", "mlp1.net.0.": "dense_blocks.3.linear.",
+               "mlp2.net.0.": "dense_blocks.4.linear.", "mlp2.net.3.": "dense_blocks.5.linear.",
+               "fusion.": "dense_blocks.6.fusion."}
+    state = {}
+    for k, v in zoo.state_dict().items():
+        if k.startswith("mlp1.net.1."):
+            state["dense_blocks.3.post.norm." + k[len("mlp1.net.1."):]] = v
+            continue
+        pre = next(p for p in mapping if k.startswith(p))
+        state[mapping[pre] + k[len(pre):]] = v
+    arch.load_state_dict(state)
+    torch.testing.assert_close(arch(data), zoo(data))
+
+
+@pytest.mark.parametrize("node, msg", [
+    ({"op": "bilinear", "inputs": [0]}, "exactly two dense 'inputs'"),
+    ({"op": "mlp", "dim": 4, "flat_inputs": [0], "heads": 2}, "'heads' is for op 'bilinear'"),
+    ({"op": "linear", "dim": 4, "flat_inputs": [0], "context": ["c0"]}, "'context' is for op 'fsgate'"),
+])
+def test_fsgate_and_bilinear_validation(node, msg):
+    with pytest.raises(ConfigError, match=msg):
+        parse_arch({"blocks": [{"dense": node}], "head": {"inputs": [1]}})
+
+
+def test_fsgate_with_an_unknown_context_feature_names_it():
+    a = parse_arch({"blocks": [{"dense": {"op": "fsgate", "context": ["nope"], "flat_inputs": [0]}}],
+                    "head": {"inputs": [1]}})
+    with pytest.raises(ConfigError, match=r"block 1 dense node: context names unknown feature\(s\) \['nope'\]"):
+        ArchNet(FULL, a, 4)
+
+
+def test_bilinear_heads_must_divide_both_widths():
+    a = parse_arch({"blocks": [{"dense": {"op": "mlp", "dim": 6, "flat_inputs": [0]}},
+                               {"dense": {"op": "mlp", "dim": 4, "flat_inputs": [0]}},
+                               {"dense": {"op": "bilinear", "inputs": [1, 2], "heads": 4}}],
+                    "head": {"sum_inputs": [3]}})
+    with pytest.raises(ConfigError, match="not divisible"):
+        ArchNet(FULL, a, 4)
+    with pytest.raises(ConfigError, match="not divisible"):
+        arch_flops(a, FULL, 4)
 
 
 def test_unsupported_zoo_variants_raise():
@@ -312,3 +389,36 @@ def test_batchnorm_supernet_exports_exactly_and_scores_with_batch_statistics():
     net.eval()
     net.use_batch_stats(False)
     assert not torch.allclose(net(data, a), with_batch)
+
+
+def test_free_mutation_keeps_the_graph_of_a_human_design_and_builds():
+    """Mutating FinalMLP (outside the space's block pattern) changes one width / dropout / head count at a time;
+    every child validates, keeps bilinear widths divisible by its heads and materialises."""
+    space = get_space("small")
+    base = zoo_arch("finalmlp", {**FINALMLP, "mlp1_hidden_units": [40], "mlp2_hidden_units": [20], "num_heads": 5})
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(40):
+        child = space.mutate(base, rng)
+        assert child.key() != base.key()
+        assert [b.dense.op for b in child.blocks] == [b.dense.op for b in base.blocks]
+        assert [(b.dense.inputs, b.dense.flat_inputs) for b in child.blocks] == \
+            [(b.dense.inputs, b.dense.flat_inputs) for b in base.blocks]
+        diff = [i for i, (a, b) in enumerate(zip(child.to_dict()["blocks"], base.to_dict()["blocks"])) if a != b]
+        assert len(diff) == 1
+        ArchNet(FULL, child, 10)  # builds: widths stay divisible by the fusion's heads
+        seen.add(next(k for k in ("dim", "dropout", "heads")
+                      if child.to_dict()["blocks"][diff[0]]["dense"].get(k)
+                      != base.to_dict()["blocks"][diff[0]]["dense"].get(k)))
+    assert seen == {"dim", "dropout", "heads"}
+
+
+def test_live_key_ignores_dead_nodes():
+    a = _arch([{"dense": {"op": "mlp", "dim": 8, "flat_inputs": [0]}},
+               {"dense": {"op": "mlp", "dim": 4, "flat_inputs": [0]}}])
+    b = _arch([{"dense": {"op": "mlp", "dim": 16, "flat_inputs": [0]}},  # dead: the head reads block 2 only
+               {"dense": {"op": "mlp", "dim": 4, "flat_inputs": [0]}}])
+    c = _arch([{"dense": {"op": "mlp", "dim": 8, "flat_inputs": [0]}},
+               {"dense": {"op": "mlp", "dim": 5, "flat_inputs": [0]}}])
+    assert a.key() != b.key() and a.live_key() == b.live_key()
+    assert a.live_key() != c.live_key()

@@ -125,7 +125,15 @@ def test_path_and_url_share_the_file_and_persist(tmp_path):
 
 
 def test_kill_9_then_resume(tmp_path):
-    db = tmp_path / "trials.db"
+    _kill_9_then_resume(tmp_path / "trials.db")
+
+
+def test_kill_9_then_resume_on_postgresql(postgres_url):
+    """The same crash and resume on a PostgreSQL server (skipped unless RANKCRAFT_TEST_POSTGRES_URL is set)."""
+    _kill_9_then_resume(postgres_url)
+
+
+def _kill_9_then_resume(db):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(SRC)!r})

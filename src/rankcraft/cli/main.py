@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--ray-address", help="existing Ray cluster (e.g. auto, ray://host:10001); default: local")
     sr.add_argument("--storage", help="trial database URL (default: sqlite file OUT/trials.db)")
     sr.add_argument("--zoo", help="comma-separated zoo references trained at the same fidelity ('' for none)")
+    sr.add_argument("--objective", choices=["logloss", "ne", "auc"],
+                    help="quality objective (default logloss; auc minimises 1 - AUC)")
+    sr.add_argument("--max-flops", type=float, help="FLOPs/example cap: larger candidates are never trained")
+    sr.add_argument("--seeds", help="evolution: comma-separated zoo models that start the population")
     sr.add_argument("--seed", type=int)
     sr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="any config value by dotted path, e.g. oneshot.steps=2000, dnas.lambdas=[0,0.5]")
@@ -394,7 +398,8 @@ def cmd_search(args) -> int:
         cfg["data"] = data
     elif args.data_dir:  # --config names the recipe, the flag where its files are
         cfg.setdefault("data", {})["data_dir"] = args.data_dir
-    for key in ("space", "strategy", "workers", "threads_per_task", "ray_address", "seed"):
+    for key in ("space", "strategy", "workers", "threads_per_task", "ray_address", "seed", "objective",
+                "max_flops"):
         val = getattr(args, key)
         if val is not None:
             cfg[key] = val
@@ -405,6 +410,8 @@ def cmd_search(args) -> int:
             args.fidelity_steps
     if args.zoo is not None:
         cfg["zoo"] = [z for z in args.zoo.split(",") if z.strip()]
+    if args.seeds is not None:
+        cfg.setdefault("evolution", {})["seeds"] = [z.strip() for z in args.seeds.split(",") if z.strip()]
     for path, value in _kv(args.set, "--set").items():
         node = cfg
         parts = path.split(".")

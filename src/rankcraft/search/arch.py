@@ -31,6 +31,13 @@ op          output                                                              
             with ``dim``: ``post(W pairs + b) : [B, dim]``
 ``fm``      ``dim`` unset: FM scalar ``[B, 1]``; with ``dim``:                    ``FM``
             ``post(W fm_vec(E) + b) : [B, dim]`` (``fm_vec : [B, d]``)
+``fsgate``  FinalMLP feature-selection gate ``x ⊙ 2σ(G(c)) : [B, w_in]``; ``c`` the ``SigmoidGating``
+            flattened raw embeddings of the ``context`` features ``[B, |ctx|·d]``
+            (empty ``context``: a learned vector ``[1, d]``, so the gate is one
+            per-coordinate weighting shared by all examples); ``G`` is
+            ``Linear(c→dim) → act → Linear(dim→w_in)``, or one Linear without ``dim``
+``bilinear`` FinalMLP multi-head bilinear fusion of its two dense ``inputs``           ``BilinearFusion``
+            ``[B, 1]`` with ``heads`` heads (both widths divisible by ``heads``)
 =========== ===================================================================== ===========================
 
 Sparse node ops: ``efc`` — ``act(norm_d(EFC(E)))`` with ``fields`` output fields (``EFC``: a Linear along the field
@@ -55,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rankcraft.errors import ConfigError
 
 FORMAT = "rankcraft.arch/1"
-DENSE_OPS = ("mlp", "linear", "cross", "gating", "sum", "dot", "fm")
+DENSE_OPS = ("mlp", "linear", "cross", "gating", "sum", "dot", "fm", "fsgate", "bilinear")
 SPARSE_OPS = ("efc", "attention")
 #: dense ops whose output width is ``dim`` (required); ``cross`` keeps its input width, ``dot``/``fm`` take an
 #: optional ``dim`` (unset = the raw interaction output).
@@ -68,12 +75,14 @@ class _Strict(BaseModel):
 
 
 class DenseNode(_Strict):
-    op: Literal["mlp", "linear", "cross", "gating", "sum", "dot", "fm"]
+    op: Literal["mlp", "linear", "cross", "gating", "sum", "dot", "fm", "fsgate", "bilinear"]
     dim: int | None = Field(default=None, ge=1, le=65536)
     inputs: list[int] = Field(default_factory=list)
     flat_inputs: list[int] = Field(default_factory=list)
     sparse_inputs: list[int] = Field(default_factory=list)
     layers: int = Field(default=1, ge=1, le=16)  # cross layers
+    context: list[str] = Field(default_factory=list)  # fsgate: feature names whose raw embeddings gate the input
+    heads: int = Field(default=1, ge=1, le=1024)  # bilinear: number of heads
     norm: Norm | None = None  # None: the architecture's default
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
 
@@ -83,6 +92,15 @@ class DenseNode(_Strict):
             raise ValueError(f"op '{self.op}' needs 'dim' (its output width)")
         if self.op == "cross" and self.dim is not None:
             raise ValueError("op 'cross' keeps its input width; do not give 'dim'")
+        if self.context and self.op != "fsgate":
+            raise ValueError(f"'context' is for op 'fsgate', not '{self.op}'")
+        if self.heads != 1 and self.op != "bilinear":
+            raise ValueError(f"'heads' is for op 'bilinear', not '{self.op}'")
+        if self.op == "bilinear":
+            if self.dim not in (None, 1):
+                raise ValueError("op 'bilinear' outputs one logit term; do not give 'dim'")
+            if len(self.inputs) != 2 or self.flat_inputs:
+                raise ValueError("op 'bilinear' reads exactly two dense 'inputs' (and no 'flat_inputs')")
         if self.op in ("dot", "fm"):
             if not self.sparse_inputs:
                 raise ValueError(f"op '{self.op}' needs 'sparse_inputs' (the fields it interacts)")
@@ -178,7 +196,7 @@ class Arch(_Strict):
     @staticmethod
     def dense_width_is_one(node: DenseNode) -> bool | None:
         """True/False when the node's output width is 1 / not 1 regardless of the data; None when it depends."""
-        if node.op == "fm" and node.dim is None:
+        if (node.op == "fm" and node.dim is None) or node.op == "bilinear":
             return True
         if node.dim is not None:
             return node.dim == 1
@@ -199,10 +217,31 @@ class Arch(_Strict):
         return need
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json", exclude_defaults=False)
+        """The JSON form. Node fields added after format 1 was first written (``context``, ``heads``) are left
+        out at their defaults, so earlier architectures keep their JSON and their :meth:`key`."""
+        out = self.model_dump(mode="json", exclude_defaults=False)
+        for blk in out["blocks"]:
+            node = blk.get("dense")
+            if node is not None:
+                if not node.get("context"):
+                    node.pop("context", None)
+                if node.get("heads") == 1:
+                    node.pop("heads", None)
+        return out
 
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    def live_key(self) -> str:
+        """Canonical string of what the architecture computes: :meth:`key` with the nodes the head does not depend
+        on blanked out (architectures that differ only in dead nodes build the same model)."""
+        live = self.live()
+        d = self.to_dict()
+        for i, blk in enumerate(d["blocks"], start=1):
+            for stream in ("dense", "sparse"):
+                if (i, stream) not in live:
+                    blk[stream] = None
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def key(self) -> str:
         """Canonical string of the architecture (equal architectures have equal keys)."""

@@ -10,6 +10,9 @@ mlp, linear  ``2·w_in·dim``
 gating       ``4·w_in·dim`` (value and gate Linears)
 sum          ``2·max_j(w_j)·dim``
 cross        ``2·layers·w_in²``
+fsgate       ``2·c·dim + 2·dim·w_in`` (``2·c·w_in`` without ``dim``), ``c = |context|·d``; with an empty
+             context the gate is input-independent (one ``[1, d]`` vector per batch): 0 per example
+bilinear     ``2·w_1 + 2·w_2 + 2·w_1·w_2/heads``
 dot          ``2·n²·d`` (Gram matrix of ``n`` fields) ``+ 2·w_in·d`` (dense projection, when
              ``w_in ∉ {0, d}``) ``+ 2·n(n-1)/2·dim`` (with ``dim``)
 fm           ``4·F·d`` (field sums as a ones-vector product) ``+ 2·d·dim`` (with ``dim``)
@@ -24,6 +27,7 @@ Tests check :func:`arch_flops` against the profiler on materialised models.
 from __future__ import annotations
 
 from rankcraft.data.features import FeatureSet
+from rankcraft.errors import ConfigError
 from rankcraft.search.arch import Arch, DenseNode, SparseNode
 
 
@@ -39,6 +43,16 @@ def dense_node_flops(node: DenseNode, in_widths: list[int], in_fields: int, d: i
         return 2.0 * max(in_widths) * node.dim, node.dim
     if op == "cross":
         return 2.0 * node.layers * w_in * w_in, w_in
+    if op == "fsgate":
+        c = len(node.context) * d
+        if not c:
+            return 0.0, w_in
+        return (2.0 * c * node.dim + 2.0 * node.dim * w_in if node.dim else 2.0 * c * w_in), w_in
+    if op == "bilinear":
+        w1, w2 = in_widths
+        if w1 % node.heads or w2 % node.heads:
+            raise ConfigError(f"bilinear: input widths {w1}, {w2} are not divisible by heads={node.heads}")
+        return 2.0 * w1 + 2.0 * w2 + 2.0 * w1 * w2 / node.heads, 1
     if op == "dot":
         n = in_fields + (1 if w_in > 0 else 0)
         f = 2.0 * n * n * d + (2.0 * w_in * d if w_in not in (0, d) else 0.0)

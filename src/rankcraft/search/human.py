@@ -3,7 +3,9 @@
 :func:`zoo_arch` maps a zoo model name and its hyperparameters to an :class:`~rankcraft.search.arch.Arch` that
 computes the same function with the same operators (and therefore the same FLOPs). Supported: ``dnn``, ``deepfm``,
 ``dcnv2`` (parallel / stacked / crossnet-only, full-rank), ``dlrm`` (``interaction_op`` dot or cat, on data with
-numeric features: the zoo's learned dense vector for data without them has no counterpart in the space).
+numeric features: the zoo's learned dense vector for data without them has no counterpart in the space) and
+``finalmlp`` (two ``fsgate`` nodes, two MLP towers with their own norm and dropout, a ``bilinear`` fusion; gate
+MLPs of at most one hidden layer, one activation for both towers and the gates).
 """
 
 from __future__ import annotations
@@ -78,8 +80,39 @@ def zoo_arch(model: str, params: dict | None = None) -> Arch:
             raise ConfigError("dlrm without top MLP units has no architecture counterpart")
         arch = {**_common(p), "numeric_fields": False, "blocks": [*blocks, *tower], "head": {"inputs": [last]}}
         return Arch.model_validate(arch)
+    if model == "finalmlp":
+        return _finalmlp(p)
     raise ConfigError(f"zoo model '{model}' has no architecture counterpart yet; supported: dnn, deepfm, dcnv2, "
-                      "dlrm")
+                      "dlrm, finalmlp")
+
+
+def _finalmlp(p) -> Arch:
+    if p.mlp1_activation != p.mlp2_activation or (p.use_fs and p.mlp1_activation != "relu"):
+        raise ConfigError("finalmlp: its architecture counterpart has one activation (relu with feature "
+                          "selection, whose gates use relu)")
+    if not (p.mlp1_hidden_units and p.mlp2_hidden_units):
+        raise ConfigError("finalmlp without hidden units in both MLPs has no architecture counterpart")
+    if p.use_fs and len(p.fs_hidden_units) > 1:
+        raise ConfigError("finalmlp: fsgate nodes have at most one hidden layer (fs_hidden_units of length <= 1)")
+    blocks: list[dict] = []
+    if p.use_fs:
+        hidden = p.fs_hidden_units[0] if p.fs_hidden_units else None
+        for ctx in (p.fs1_context, p.fs2_context):
+            blocks.append({"dense": {"op": "fsgate", "dim": hidden, "context": list(ctx), "flat_inputs": [0]}})
+        srcs = ({"inputs": [1]}, {"inputs": [2]})
+    else:
+        srcs = ({"flat_inputs": [0]}, {"flat_inputs": [0]})
+    lasts = []
+    for src, units, drop, bn in ((srcs[0], p.mlp1_hidden_units, p.mlp1_dropout, p.mlp1_batch_norm),
+                                 (srcs[1], p.mlp2_hidden_units, p.mlp2_dropout, p.mlp2_batch_norm)):
+        tower, last = _tower(src, units, len(blocks) + 1)
+        for b in tower:
+            b["dense"].update(norm="batch" if bn else "none", dropout=drop)
+        blocks += tower
+        lasts.append(last)
+    blocks.append({"dense": {"op": "bilinear", "inputs": lasts, "heads": p.num_heads}})
+    return Arch.model_validate({"norm": "none", "activation": p.mlp1_activation, "dropout": 0.0,
+                                "blocks": blocks, "head": {"sum_inputs": [len(blocks)]}})
 
 
 def zoo_params(model: str, params: dict | None = None) -> dict:

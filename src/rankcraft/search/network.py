@@ -17,6 +17,7 @@ from rankcraft.errors import ConfigError
 from rankcraft.nn import (
     EFC,
     FM,
+    BilinearFusion,
     CrossNetV2,
     DotInteraction,
     FeatureEmbedding,
@@ -52,10 +53,12 @@ class Post(nn.Module):
 
 class DenseBlock(nn.Module):
     """One dense node (see :mod:`rankcraft.search.arch` for each op's math). ``forward(xs, es) -> [B, out_dim]``
-    where ``xs`` are the dense (and flattened sparse) inputs ``[B, w_j]`` in order and ``es`` the sparse inputs
-    ``[B, F_j, d]``."""
+    where ``xs`` are the dense (and flattened sparse) inputs ``[B, w_j]`` in order, ``es`` the sparse inputs
+    ``[B, F_j, d]`` and ``raw`` the raw field embeddings ``[B, F0, d]`` (read by ``fsgate`` for its context).
+    ``raw_fields`` names the raw fields in order (to resolve an ``fsgate`` context)."""
 
-    def __init__(self, node: DenseNode, in_widths: list[int], in_fields: int, d: int, arch: Arch, where: str):
+    def __init__(self, node: DenseNode, in_widths: list[int], in_fields: int, d: int, arch: Arch, where: str,
+                 raw_fields: list[str] | None = None):
         super().__init__()
         self.op = node.op
         w_in = sum(in_widths)
@@ -77,6 +80,27 @@ class DenseBlock(nn.Module):
             self.value = nn.Linear(w_in, node.dim)
             self.gate = SigmoidGating(w_in, node.dim)
             self.out_dim = node.dim
+        elif node.op == "fsgate":
+            raw_fields = raw_fields or []
+            unknown = [c for c in node.context if c not in raw_fields]
+            if unknown:
+                raise ConfigError(f"{where}: context names unknown feature(s) {unknown}; raw fields: "
+                                  f"{', '.join(raw_fields) or '(none)'}")
+            idx = [raw_fields.index(c) for c in node.context]
+            self.register_buffer("ctx_index", torch.tensor(idx, dtype=torch.long), persistent=False)
+            # no context: FinalMLP's learned context vector (zeros at init, as in FeatureSelection)
+            self.ctx = nn.Parameter(torch.zeros(1, d)) if not idx else None
+            self.gate = SigmoidGating(len(idx) * d if idx else d, w_in, hidden=[node.dim] if node.dim else (),
+                                      act=arch.activation, scale=2.0)
+            self.out_dim = w_in
+        elif node.op == "bilinear":
+            if min(in_widths) == 0:
+                raise ConfigError(f"{where}: an input of 'bilinear' is empty for this data")
+            try:
+                self.fusion = BilinearFusion(in_widths[0], in_widths[1], node.heads)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            self.out_dim = 1
         elif node.op == "sum":
             self.pad_to = max(in_widths)
             self.linear = nn.Linear(self.pad_to, node.dim)
@@ -94,8 +118,15 @@ class DenseBlock(nn.Module):
         if node.op in ("mlp", "gating", "sum") or (node.op in ("dot", "fm") and node.dim):
             self.post = Post(self.out_dim, norm, arch.activation, drop)
 
-    def forward(self, xs: list[torch.Tensor], es: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, xs: list[torch.Tensor], es: list[torch.Tensor],
+                raw: torch.Tensor | None = None) -> torch.Tensor:
         op = self.op
+        if op == "bilinear":
+            return self.fusion(xs[0], xs[1])
+        if op == "fsgate":
+            x = torch.cat(xs, dim=1) if len(xs) > 1 else xs[0]
+            ctx = self.ctx if self.ctx is not None else raw.index_select(1, self.ctx_index).flatten(1)
+            return self.gate(x, ctx)
         if op == "sum":
             h = sum(nn.functional.pad(x, (0, self.pad_to - x.shape[1])) for x in xs)
             h = self.linear(h)
@@ -155,6 +186,8 @@ class ArchNet(nn.Module):
         raw = raw_embedding_features(features, arch.numeric_fields)
         self.embedding = FeatureEmbedding(raw, d, fused=fused, sparse=sparse) if raw.features else None
         f0 = self.embedding.num_fields if self.embedding is not None else 0
+        e = self.embedding
+        raw_names = list(e.cat_names + e.num_names + e.bag_names) if e is not None else []
         live = arch.live()
         self.live = live
         # widths of every built output: dense [B, w], sparse fields F (flattened width F·d)
@@ -172,7 +205,7 @@ class ArchNet(nn.Module):
                 n = blk.dense
                 widths = [dense_w[j] for j in n.inputs] + [fields[j] * d for j in n.flat_inputs]
                 blk_mod = DenseBlock(n, widths, sum(fields[j] for j in n.sparse_inputs), d, arch,
-                                     f"block {i} dense node")
+                                     f"block {i} dense node", raw_fields=raw_names)
                 self.dense_blocks[str(i)] = blk_mod
                 dense_w[i] = blk_mod.out_dim
         h = arch.head
@@ -184,8 +217,9 @@ class ArchNet(nn.Module):
             raise ConfigError("head: its inputs are empty for this data")
         self.head = nn.Linear(head_in, 1) if head_in else None
         self.wide = LinearPart(features, fused=fused, sparse=sparse) if h.wide else None
-        # without a head Linear (only sum_inputs) the logit still gets one bias: LR's, or this one
-        self.sum_bias = nn.Parameter(torch.zeros(1)) if self.head is None and self.wide is None else None
+        # without a head Linear (only sum_inputs) the logit still gets one bias: LR's, a bilinear fusion's, or this
+        has_bias = self.wide is not None or any(arch.blocks[j - 1].dense.op == "bilinear" for j in h.sum_inputs)
+        self.sum_bias = nn.Parameter(torch.zeros(1)) if self.head is None and not has_bias else None
         self.dense_widths, self.field_counts = dense_w, fields
 
     def streams(self, batch: dict[str, torch.Tensor]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
@@ -202,9 +236,10 @@ class ArchNet(nn.Module):
             if key in self.dense_blocks:
                 n = blk.dense
                 xs = [dense[j] for j in n.inputs] + [sparse[j].flatten(1) for j in n.flat_inputs]
-                xs = [x for x in xs if x.shape[1] > 0]
+                if n.op != "bilinear":  # bilinear keeps its two inputs in place (both non-empty by construction)
+                    xs = [x for x in xs if x.shape[1] > 0]
                 es = [sparse[j] for j in n.sparse_inputs if sparse[j].shape[1] > 0]
-                dense[i] = self.dense_blocks[key](xs, es)
+                dense[i] = self.dense_blocks[key](xs, es, sparse[0])
         return dense, sparse
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -39,12 +39,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ZooRef(_Strict):
+    model: str
+    params: dict = Field(default_factory=dict)
+    name: str | None = None  # label on the front (default: the model name)
+
+
 class EvolutionConfig(_Strict):
     """Regularized (aging) evolution: keep the ``population`` most recent candidates; each child mutates the best
     of ``sample`` random members."""
 
     population: int = Field(default=12, ge=2)
     sample: int = Field(default=4, ge=1)
+    #: zoo models that start the population as architectures (a name — hyperparameters from the dataset's
+    #: benchmark presets — or {model, params}); the rest of the population is sampled from the space
+    seeds: list[str | ZooRef] = Field(default_factory=list)
 
 
 class OneShotConfig(_Strict):
@@ -69,12 +78,6 @@ class DnasConfig(_Strict):
     warmup: float = Field(default=0.1, ge=0, lt=1)  # α frozen for this fraction of steps
     tau: float = Field(default=1.0, gt=0)
     checkpoint_every: int = Field(default=200, ge=1)
-
-
-class ZooRef(_Strict):
-    model: str
-    params: dict = Field(default_factory=dict)
-    name: str | None = None  # label on the front (default: the model name)
 
 
 class Budget(_Strict):
@@ -103,7 +106,10 @@ class SearchConfig(_Strict):
     space: str | SpaceConfig = "small"
     strategy: Strategy = "random"
     budget: Budget = Field(default_factory=lambda: Budget(trials=20))
-    objective: Literal["logloss", "ne"] = "logloss"
+    #: quality objective, minimised: validation logloss, NE, or "auc" (then 1 − AUC is minimised)
+    objective: Literal["logloss", "ne", "auc"] = "logloss"
+    #: a cap on FLOPs/example: proposals above it are not trained (resampled / mutated again)
+    max_flops: float | None = Field(default=None, gt=0)
     embedding_dim: int = Field(default=10, ge=1)
     #: TrainConfig fields for every standalone candidate (the fidelity: ``max_steps`` limits training)
     train: dict = Field(default_factory=lambda: {"batch_size": 4096, "lr": 1e-3, "epochs": 1, "max_steps": 300,
@@ -188,8 +194,65 @@ class SearchContext:
         return self.time_fraction() < 1.0
 
     # -- evaluation ----------------------------------------------------------------------------------------------
+    @property
+    def objective_name(self) -> str:
+        """How the minimised objective is labelled in reports (``1-auc`` for the AUC objective)."""
+        return "1-auc" if self.cfg.objective == "auc" else self.cfg.objective
+
     def objective(self, metrics: dict) -> float:
-        return float(metrics[self.cfg.objective])
+        """The minimised objective of a metrics dict (NaN when the metric is missing)."""
+        v = float(metrics.get(self.cfg.objective, math.nan))
+        return 1.0 - v if self.cfg.objective == "auc" else v
+
+    # -- proposals within the FLOPs cap ------------------------------------------------------------------------
+    def flops(self, arch: Arch) -> float:
+        from rankcraft.search.cost import arch_flops
+
+        return arch_flops(arch, self.data.features, self.cfg.embedding_dim)
+
+    def within_cap(self, arch: Arch) -> bool:
+        """Whether ``arch`` builds on this data (shapes resolve) and is within ``max_flops``."""
+        try:
+            f = self.flops(arch)
+        except ConfigError:
+            return False
+        return self.cfg.max_flops is None or f <= self.cfg.max_flops
+
+    def sample(self, rng) -> Arch:
+        """A space sample within the FLOPs cap (up to 1000 draws)."""
+        for _ in range(1000):
+            a = self.space.sample(rng)
+            if self.within_cap(a):
+                return a
+        raise ConfigError(f"max_flops {self.cfg.max_flops:,.0f}: no architecture of space '{self.space.name}' "
+                          "within the cap in 1000 samples; raise the cap or use a smaller space")
+
+    def mutate(self, arch: Arch, rng) -> Arch:
+        """A mutation of ``arch`` that changes what it computes (not only dead nodes) and stays within the FLOPs
+        cap (up to 100 tries, then a fresh sample)."""
+        for _ in range(100):
+            a = self.space.mutate(arch, rng)
+            if a.live_key() != arch.live_key() and self.within_cap(a):
+                return a
+        return self.sample(rng)
+
+    def seed_archs(self) -> list[Arch]:
+        """The evolution seeds as architectures (zoo models over the FLOPs cap are left out, with a note)."""
+        from rankcraft.search.human import zoo_arch
+
+        if getattr(self, "_seeds", None) is not None:
+            return self._seeds
+        out = []
+        for ref in self.resolve_refs(self.cfg.evolution.seeds):
+            a = zoo_arch(ref.model, ref.params)
+            if not self.within_cap(a):
+                if self.progress:
+                    print(f"evolution seed {ref.name}: {self.flops(a):,.0f} FLOPs/example is over max_flops "
+                          f"{self.cfg.max_flops:,.0f}; left out")
+                continue
+            out.append(a)
+        self._seeds = out
+        return out
 
     def task(self, key: str, model: str, params: dict) -> dict:
         return {"key": key, "model": model, "params": params, "data": self.cfg.data, "train": self.cfg.train,
@@ -235,7 +298,7 @@ class SearchContext:
                                         if self.progress else None)
             for idx, res in zip(todo, results):
                 self._record(numbers[idx], res, is_failure(res))
-                if not is_failure(res) and math.isfinite(res["metrics"].get(self.cfg.objective, math.nan)):
+                if not is_failure(res) and math.isfinite(self.objective(res["metrics"])):
                     out[idx] = self.objective(res["metrics"])
             for idx in range(len(archs)):  # duplicates within the batch share the first one's result
                 if idx not in numbers and out[idx] == math.inf:
@@ -253,19 +316,22 @@ class SearchContext:
         if failed:
             self.store.fail(number, res.error)
             return
-        self.store.complete(number, objective=res["metrics"].get(self.cfg.objective, math.nan), flops=res["flops"],
+        self.store.complete(number, objective=self.objective(res["metrics"]), flops=res["flops"],
                             metrics=res["metrics"], params=res["params"], timings=res["timings"],
                             extra={"best_epoch": res["best_epoch"], "steps": res["steps"]})
 
     def zoo_refs(self) -> list[ZooRef]:
         """The zoo references with their hyperparameters (benchmark presets of the recipe for bare names)."""
+        return self.resolve_refs(self.cfg.zoo)
+
+    def resolve_refs(self, refs: list) -> list[ZooRef]:
         from rankcraft.bench.zoo import load_presets
 
         presets = load_presets()
         recipe = str(self.cfg.data.get("recipe") or "")
         ds = presets.get(recipe.replace("_", "-")) or presets.get(recipe) or {}
         out = []
-        for z in self.cfg.zoo:
+        for z in refs:
             if isinstance(z, str):
                 entry = ds.get("models", {}).get(z, {})
                 z = ZooRef(model=entry.get("model", z), params=dict(entry.get("params", {})), name=z)
@@ -332,6 +398,8 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
     threads = cfg.threads_per_task or max(1, (os.cpu_count() or 1) // cfg.workers)
     with make_executor(cfg.workers, ray_address=cfg.ray_address, threads_per_task=threads) as executor:
         ctx = SearchContext(cfg, out, store, executor, data, cache_dir=cache_dir, progress=progress)
+        if cfg.strategy == "evolution":
+            ctx.seed_archs()  # unsupported seeds fail here, before any training
         if cfg.zoo:
             ctx.evaluate_zoo()
         STRATEGIES[cfg.strategy](ctx)
@@ -356,7 +424,7 @@ def write_report(ctx: SearchContext) -> dict:
     from rankcraft.training.checkpoint import atomic_write_json, atomic_write_text
 
     cfg, out = ctx.cfg, ctx.out
-    obj = cfg.objective
+    obj = ctx.objective_name
     searched = ctx.searched()
     zoo = [t for t in ctx.store.trials() if t.strategy == "zoo" and t.fidelity.get("tag") == "standalone"]
     pts = np.array([[ctx.objective(t.metrics), t.flops] for t in searched], dtype=float).reshape(-1, 2)

@@ -42,6 +42,9 @@ class SpaceConfig(BaseModel):
     norm: Literal["layer", "batch", "none"] = "layer"
     activation: str = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: dropout rates a mutation may give one node of an architecture outside the space's block pattern (a human
+    #: design seeding a search; see :meth:`SearchSpace.mutate`)
+    dropout_choices: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
 
     @model_validator(mode="after")
     def _check(self) -> SpaceConfig:
@@ -167,8 +170,20 @@ class SearchSpace:
             blocks.append({"dense": d, "sparse": s})
         return self._arch(blocks)
 
+    def contains(self, arch: Arch) -> bool:
+        try:
+            self.check(arch)
+        except ConfigError:
+            return False
+        return True
+
     def mutate(self, arch: Arch, rng: random.Random) -> Arch:
-        """One decision of one block resampled (always a different architecture when the space allows it)."""
+        """One decision of one block resampled (always a different architecture when the space allows it).
+
+        An architecture outside the space's block pattern (e.g. a zoo model seeding an evolution) keeps its graph
+        and gets one of its choices changed instead: see :meth:`mutate_free`."""
+        if not self.contains(arch):
+            return self.mutate_free(arch, rng)
         base = arch.to_dict()
         for _ in range(20):
             blocks = [{"dense": dict(b["dense"]), "sparse": dict(b["sparse"])} for b in base["blocks"]]
@@ -198,6 +213,61 @@ class SearchSpace:
             if new.key() != arch.key():
                 return new
         return self._arch(blocks)
+
+    def mutate_free(self, arch: Arch, rng: random.Random) -> Arch:
+        """Mutate any architecture without changing its graph: one live node gets a new width (``dim``: one of the
+        space's ``dense_dims`` or the current width ×0.5, ×0.75, ×1.25, ×1.5), a new cross depth, a new dropout
+        rate (``dropout_choices``) or, for ``bilinear``, a new head count. Widths read by a ``bilinear`` node stay
+        divisible by its heads. Returns ``arch`` unchanged only when it has no such choice."""
+        base = arch.to_dict()
+        live = arch.live()
+        nodes = [(i, b.dense) for i, b in enumerate(arch.blocks, start=1) if (i, "dense") in live and b.dense]
+        heads_of = {}  # dense source -> heads of the bilinear nodes reading it
+        for _, n in nodes:
+            if n.op == "bilinear":
+                for j in n.inputs:
+                    heads_of.setdefault(j, []).append(n.heads)
+        has_post = {"mlp", "gating", "sum"}
+        moves = []
+        for i, n in nodes:
+            if n.op == "cross":
+                moves.append(("layers", i))
+            elif n.op == "bilinear":
+                if all(arch.blocks[j - 1].dense is not None and arch.blocks[j - 1].dense.dim for j in n.inputs
+                       if j > 0) and 0 not in n.inputs:
+                    moves.append(("heads", i))
+            elif n.dim is not None and not (n.op == "linear" and n.dim == 1):
+                moves.append(("width", i))
+            if n.op in has_post or (n.op in ("dot", "fm") and n.dim):
+                moves.append(("dropout", i))
+        if not moves:
+            return arch
+        c = self.config
+        for _ in range(50):
+            what, i = rng.choice(moves)
+            node = base["blocks"][i - 1]["dense"]
+            cur = arch.blocks[i - 1].dense
+            if what == "layers":
+                options = [v for v in c.cross_layers if v != cur.layers]
+                key = "layers"
+            elif what == "dropout":
+                now = cur.dropout if cur.dropout is not None else arch.dropout
+                options = [v for v in c.dropout_choices if v != now]
+                key = "dropout"
+            elif what == "heads":
+                w1, w2 = (arch.blocks[j - 1].dense.dim for j in cur.inputs)
+                options = [h for h in (1, 2, 4, 5, 8, 10, 16, 20) if h != cur.heads and not w1 % h and not w2 % h]
+                key = "heads"
+            else:
+                cands = set(c.dense_dims) | {max(1, round(cur.dim * f)) for f in (0.5, 0.75, 1.25, 1.5)}
+                options = sorted(w for w in cands if w != cur.dim and all(w % h == 0 for h in heads_of.get(i, [])))
+                key = "dim"
+            if not options:
+                continue
+            blocks = [{k: (dict(v) if isinstance(v, dict) else v) for k, v in b.items()} for b in base["blocks"]]
+            blocks[i - 1]["dense"] = {**node, key: rng.choice(options)}
+            return Arch.model_validate({**base, "blocks": blocks})
+        return arch
 
     # -- membership -----------------------------------------------------------------------------------------------
     def check(self, arch: Arch) -> None:

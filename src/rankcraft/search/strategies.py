@@ -7,7 +7,8 @@ finds their results in the store.
 
 * ``random`` — uniform samples, each trained standalone at the search fidelity.
 * ``evolution`` — regularized (aging) evolution (Real et al. 2019): a population of the most recent
-  ``population`` candidates; each child mutates the best of ``sample`` random members; the oldest dies.
+  ``population`` candidates; each child mutates the best of ``sample`` random members; the oldest dies. The
+  population can start from human designs (``evolution.seeds``: zoo models as architectures).
 * ``oneshot`` — NASRec-style: a weight-sharing :class:`~rankcraft.search.supernet.Supernet` trained with path
   sampling (largest-path warm-up first), candidates scored with inherited weights on fixed validation batches,
   aging evolution over those scores, the ``top_k`` retrained from scratch.
@@ -39,18 +40,23 @@ def run_random(ctx) -> None:
     rnd = 0
     while ctx.budget_left():
         rng = _rng(ctx, "round", rnd)
-        ctx.evaluate([ctx.space.sample(rng) for _ in range(ctx.cfg.batch)])
+        ctx.evaluate([ctx.sample(rng) for _ in range(ctx.cfg.batch)])
         rnd += 1
 
 
-def aging_evolution(ctx, score_fn, *, population: int, sample: int, limit, tag: str) -> None:
+def aging_evolution(ctx, score_fn, *, population: int, sample: int, limit, tag: str,
+                    seeds: list[Arch] = ()) -> None:
     """Regularized evolution with batched proposals. ``score_fn(list[Arch]) -> list[float]`` (lower is better);
-    ``limit()`` says whether to continue."""
+    ``limit()`` says whether to continue. ``seeds`` (e.g. human designs) enter the population first; the rest of
+    the initial population is sampled. Proposals respect the search's FLOPs cap (``ctx.sample``/``ctx.mutate``)."""
     pop: deque[tuple[Arch, float]] = deque()
+    pending = list(seeds)[:population]
     rnd = 0
     while limit() and len(pop) < population:
         rng = _rng(ctx, tag, "init", rnd)
-        archs = [ctx.space.sample(rng) for _ in range(min(ctx.cfg.batch, population - len(pop)))]
+        k = min(ctx.cfg.batch, population - len(pop))
+        archs, pending = pending[:k], pending[k:]
+        archs += [ctx.sample(rng) for _ in range(k - len(archs))]
         for a, s in zip(archs, score_fn(archs)):
             if math.isfinite(s):
                 pop.append((a, s))
@@ -64,7 +70,7 @@ def aging_evolution(ctx, score_fn, *, population: int, sample: int, limit, tag: 
         for _ in range(ctx.cfg.batch):
             contenders = rng.sample(list(pop), min(sample, len(pop)))
             parent = min(contenders, key=lambda x: x[1])[0]
-            children.append(ctx.space.mutate(parent, rng))
+            children.append(ctx.mutate(parent, rng))
         for a, s in zip(children, score_fn(children)):
             if math.isfinite(s):
                 pop.append((a, s))
@@ -76,7 +82,7 @@ def aging_evolution(ctx, score_fn, *, population: int, sample: int, limit, tag: 
 def run_evolution(ctx) -> None:
     e = ctx.cfg.evolution
     aging_evolution(ctx, ctx.evaluate, population=e.population, sample=e.sample, limit=ctx.budget_left,
-                    tag="evo")
+                    tag="evo", seeds=ctx.seed_archs())
 
 
 # --------------------------------------------------------------------------------------------- weight sharing
@@ -113,6 +119,20 @@ def _logloss(model_fn, batches: list[dict]) -> float:
             total += F.binary_cross_entropy_with_logits(logits.float(), b["label"], reduction="sum").item()
             rows += b["label"].shape[0]
     return total / max(rows, 1)
+
+
+def _inherited_metrics(model_fn, batches: list[dict]) -> dict:
+    """Logloss, NE and (when both classes occur) AUC of ``model_fn`` on the fixed scoring batches."""
+    from rankcraft.training.metrics import auc
+
+    ll = _logloss(model_fn, batches)
+    out = {"logloss": ll, "ne": _ne(ll, batches)}
+    y = torch.cat([b["label"] for b in batches]).numpy()
+    if 0 < y.sum() < len(y):
+        with torch.no_grad():
+            p = torch.cat([model_fn(b).float() for b in batches]).numpy()
+        out["auc"] = auc(y, p)
+    return out
 
 
 def _ne(logloss: float, batches: list[dict]) -> float:
@@ -202,9 +222,8 @@ def run_oneshot(ctx) -> None:
             key = arch_key(a, "supernet")
             rec = ctx.store.get(key)
             if rec is None:
-                ll = _logloss(lambda b, a=a: net(b, a), score_batches)
-                metrics = {"logloss": ll, "ne": _ne(ll, score_batches)}
-                obj = metrics[ctx.cfg.objective]
+                metrics = _inherited_metrics(lambda b, a=a: net(b, a), score_batches)
+                obj = ctx.objective(metrics)
                 if math.isfinite(obj):
                     ctx.store.record(key, arch=a.to_dict(), objective=obj, flops=arch_flops(a, features, d),
                                      metrics=metrics, fidelity={"tag": "supernet"}, strategy="oneshot")

@@ -278,6 +278,9 @@ def test_space_check_rejects_foreign_architectures():
         get_space("huge")
     with pytest.raises(ConfigError, match="dense_ops"):
         get_space({"dense_ops": ["conv"]})
+    for op in ("fsgate", "bilinear"):  # architecture ops the samplers and supernets do not draw
+        with pytest.raises(ConfigError, match=f"dense_ops: unknown or unsupported op '{op}' \\(an architecture op"):
+            get_space({"dense_ops": ["mlp", op]})
 
 
 @pytest.mark.parametrize("fs", [FULL, NO_NUMERIC], ids=["numeric", "no_numeric"])

@@ -400,6 +400,11 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
         ctx = SearchContext(cfg, out, store, executor, data, cache_dir=cache_dir, progress=progress)
         if cfg.strategy == "evolution":
             ctx.seed_archs()  # unsupported seeds fail here, before any training
+        elif progress and cfg.evolution.seeds:
+            print(f"note: evolution.seeds are used by the evolution strategy only, not by {cfg.strategy}")
+        if progress and cfg.strategy == "dnas" and cfg.max_flops is not None:
+            print("note: dnas controls cost through dnas.lambdas; max_flops does not constrain its derived "
+                  "architectures")
         if cfg.zoo:
             ctx.evaluate_zoo()
         STRATEGIES[cfg.strategy](ctx)

@@ -27,6 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rankcraft.errors import ConfigError
 from rankcraft.search.arch import DENSE_OPS, SPARSE_OPS, Arch
 
+#: dense ops a space can sample (``linear`` is the logit-term op of human designs; ``fsgate`` and ``bilinear``
+#: express FinalMLP, whose graph the space's block pattern does not hold)
+SPACE_DENSE_OPS = ("mlp", "cross", "gating", "sum", "dot", "fm")
+
 
 class SpaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,9 +53,12 @@ class SpaceConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> SpaceConfig:
         for op in self.dense_ops:
-            if op not in DENSE_OPS or op == "linear":
-                raise ValueError(f"dense_ops: unknown or unsupported op '{op}'; choose from "
-                                 f"{[o for o in DENSE_OPS if o != 'linear']}")
+            if op not in SPACE_DENSE_OPS:
+                why = (" (an architecture op for human designs such as FinalMLP, which seed an evolution through "
+                       "evolution.seeds; the space's samplers and supernets do not draw it)"
+                       if op in DENSE_OPS else "")
+                raise ValueError(f"dense_ops: unknown or unsupported op '{op}'{why}; choose from "
+                                 f"{list(SPACE_DENSE_OPS)}")
         for op in self.sparse_ops:
             if op not in SPARSE_OPS:
                 raise ValueError(f"sparse_ops: unknown op '{op}'; choose from {list(SPARSE_OPS)}")

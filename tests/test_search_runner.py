@@ -294,3 +294,26 @@ def test_search_on_postgresql_resumes_from_the_shared_database(postgres_url, tmp
     after = {t.key: t.metrics for t in TrialStore(postgres_url, create=False).trials()}
     assert report["trials"] == 4 and len(after) == 4
     assert {k: after[k] for k in first} == first
+
+
+def test_confirmation_retrains_the_top_candidates_with_more_seeds_and_picks_the_best_mean(tmp_path):
+    out = tmp_path / "conf"
+    report = run_search(_cfg("random", budget={"trials": 4}, confirm={"top_k": 2, "seeds": [7, 8]}), out,
+                        progress=False)
+    store = TrialStore(out / "trials.db", create=False)
+    extra = [t for t in store.trials() if str(t.fidelity.get("tag")).startswith("seed-")]
+    assert sorted((t.extra["seed"], t.hparams["seed"]) for t in extra) == [(7, 7), (7, 7), (8, 8), (8, 8)]
+    assert len(report["confirmed"]) == 2 and report["trials"] == 4  # confirmation trials are not search trials
+    means = [r["mean"] for r in report["confirmed"]]
+    assert means == sorted(means)
+    for r in report["confirmed"]:
+        assert list(r["per_seed"]) == [str(TRAIN["seed"]), "7", "8"]
+        assert r["mean"] == pytest.approx(sum(r["per_seed"].values()) / 3)
+    best = json.loads((out / "best.json").read_text())
+    assert best["search"]["key"] == report["confirmed"][0]["key"] == report["best"]["key"]
+    assert best["confirmed"]["mean"] == pytest.approx(means[0])
+    assert "## Confirmation" in (out / "report.md").read_text()
+    # a resumed search finds the confirmation runs in the store
+    n = len(store.trials())
+    run_search({}, out, resume=True, progress=False)
+    assert len(TrialStore(out / "trials.db", create=False).trials()) == n

@@ -39,6 +39,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ConfirmConfig(_Strict):
+    """Re-train the ``top_k`` searched candidates with more seeds after the search, and choose ``best.json`` by the
+    mean objective over all seeds: a single seed's score carries seed noise, and the best of many noisy scores is
+    biased upwards (the winner's curse)."""
+
+    top_k: int = Field(default=3, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+
+
 class ZooRef(_Strict):
     model: str
     params: dict = Field(default_factory=dict)
@@ -123,6 +132,8 @@ class SearchConfig(_Strict):
     #: dataset's benchmark presets when it has them, else the defaults) or {model, params}
     zoo: list[str | ZooRef] = Field(default_factory=lambda: ["dnn", "deepfm", "dcnv2"])
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
+    #: optional: the top candidates re-trained with more seeds after the search (outside the budget)
+    confirm: ConfirmConfig | None = None
     oneshot: OneShotConfig = Field(default_factory=OneShotConfig)
     dnas: DnasConfig = Field(default_factory=DnasConfig)
 
@@ -254,24 +265,27 @@ class SearchContext:
         self._seeds = out
         return out
 
-    def task(self, key: str, model: str, params: dict) -> dict:
-        return {"key": key, "model": model, "params": params, "data": self.cfg.data, "train": self.cfg.train,
+    def task(self, key: str, model: str, params: dict, seed: int | None = None) -> dict:
+        train = self.cfg.train if seed is None else {**self.cfg.train, "seed": seed}
+        return {"key": key, "model": model, "params": params, "data": self.cfg.data, "train": train,
                 "cache_dir": self.cache_dir}
 
     def arch_params(self, arch: Arch) -> dict:
         return {"embedding_dim": self.cfg.embedding_dim, "arch": arch.to_dict()}
 
     def evaluate(self, archs: list[Arch], *, strategy: str | None = None, extra: list[dict] | None = None,
-                 count: bool = True) -> list[float]:
+                 count: bool = True, seed: int | None = None) -> list[float]:
         """Train each architecture standalone at the search fidelity (in parallel) and record it; returns the
         objective per architecture (``inf`` for a failed one). Architectures already in the store are not
-        retrained. With ``count``, the batch is cut to the remaining trial budget."""
+        retrained. With ``count``, the batch is cut to the remaining trial budget. ``seed`` overrides the training
+        seed (confirmation runs; their trials are tagged ``seed-<seed>`` and are not search trials)."""
         from rankcraft.search.evaluate import evaluate_task
         from rankcraft.search.parallel import is_failure
 
         strategy = strategy or self.cfg.strategy
         extra = extra or [{} for _ in archs]
-        keys = [arch_key(a, "standalone") for a in archs]
+        tag = "standalone" if seed is None else f"seed-{seed}"
+        keys = [arch_key(a, tag) for a in archs]
         out: list[float] = [math.inf] * len(archs)
         todo = []
         done_keys = set()
@@ -289,10 +303,11 @@ class SearchContext:
         if todo:
             numbers = {}
             for idx in todo:
-                numbers[idx] = self.store.start(keys[idx], arch=archs[idx].to_dict(), hparams=self.cfg.train,
-                                                fidelity={"tag": "standalone", **self._fidelity()},
+                hparams = self.cfg.train if seed is None else {**self.cfg.train, "seed": seed}
+                numbers[idx] = self.store.start(keys[idx], arch=archs[idx].to_dict(), hparams=hparams,
+                                                fidelity={"tag": tag, **self._fidelity()},
                                                 strategy=strategy, extra=extra[idx])
-            tasks = [self.task(keys[idx], "arch", self.arch_params(archs[idx])) for idx in todo]
+            tasks = [self.task(keys[idx], "arch", self.arch_params(archs[idx]), seed) for idx in todo]
             results = self.executor.map(evaluate_task, tasks,
                                         progress=f"{strategy}: training {len(tasks)} candidate(s)"
                                         if self.progress else None)
@@ -307,6 +322,47 @@ class SearchContext:
                         out[idx] = self.objective(rec.metrics)
         self.save_elapsed()
         return out
+
+    # -- confirmation --------------------------------------------------------------------------------------------
+    def base_seed(self) -> int:
+        from rankcraft.training.trainer import TrainConfig
+
+        return int(TrainConfig.model_validate(self.cfg.train).seed)
+
+    def confirm(self) -> None:
+        """Re-train the ``confirm.top_k`` best searched candidates with each of ``confirm.seeds``."""
+        c = self.cfg.confirm
+        ranked = sorted(self.searched(), key=lambda t: self.objective(t.metrics))[: c.top_k]
+        if not ranked:
+            return
+        archs = [Arch.model_validate(t.arch) for t in ranked]
+        for seed in c.seeds:
+            if seed == self.base_seed():
+                continue
+            self.evaluate(archs, extra=[{"of": t.key, "seed": seed} for t in ranked], count=False, seed=seed)
+
+    def confirmed(self) -> list[dict]:
+        """Per confirmed candidate: its search trial, the objective per seed and their mean (all seeds present),
+        best mean first."""
+        c = self.cfg.confirm
+        if c is None:
+            return []
+        seeds = [self.base_seed()] + [s for s in c.seeds if s != self.base_seed()]
+        by_key = {t.key: t for t in self.searched()}
+        runs: dict[str, dict[int, float]] = {}
+        for t in self.store.trials():
+            if t.strategy == self.cfg.strategy and str(t.fidelity.get("tag", "")).startswith("seed-"):
+                of = t.extra.get("of")
+                if of in by_key:
+                    runs.setdefault(of, {})[int(t.extra["seed"])] = self.objective(t.metrics)
+        out = []
+        for key, per_seed in runs.items():
+            per_seed = {self.base_seed(): self.objective(by_key[key].metrics), **per_seed}
+            if all(s in per_seed and math.isfinite(per_seed[s]) for s in seeds):
+                vals = [per_seed[s] for s in seeds]
+                out.append({"trial": by_key[key], "per_seed": {s: per_seed[s] for s in seeds},
+                            "mean": sum(vals) / len(vals)})
+        return sorted(out, key=lambda r: r["mean"])
 
     def _fidelity(self) -> dict:
         t = self.cfg.train
@@ -409,6 +465,8 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
             ctx.evaluate_zoo()
         STRATEGIES[cfg.strategy](ctx)
         ctx.save_elapsed()
+        if cfg.confirm is not None:
+            ctx.confirm()
     return write_report(ctx)
 
 
@@ -453,15 +511,23 @@ def write_report(ctx: SearchContext) -> dict:
     for t in zoo:
         report["zoo"].append({"model": t.extra.get("model", t.key), obj: ctx.objective(t.metrics),
                               "auc": t.metrics.get("auc"), "flops": t.flops, "params": t.params})
+    confirmed = ctx.confirmed()
+    report["confirmed"] = [{"key": r["trial"].key, "per_seed": {str(k): v for k, v in r["per_seed"].items()},
+                            "mean": r["mean"], "flops": r["trial"].flops} for r in confirmed]
     if searched:
-        best = min(searched, key=lambda t: ctx.objective(t.metrics))
+        # with confirmation runs, the best mean over seeds; otherwise the best single-seed search trial
+        best = confirmed[0]["trial"] if confirmed else min(searched, key=lambda t: ctx.objective(t.metrics))
         best_doc = {"arch": best.arch, "params": {"embedding_dim": cfg.embedding_dim},
                     "metrics": best.metrics, "flops": best.flops, "params_count": best.params,
                     "fidelity": best.fidelity, "search": {"strategy": cfg.strategy, "space": ctx.space.name,
                                                            "key": best.key}}
+        if confirmed:
+            best_doc["confirmed"] = report["confirmed"][0]
         atomic_write_json(out / "best.json", best_doc)
         report["best"] = {"key": best.key, obj: ctx.objective(best.metrics), "auc": best.metrics.get("auc"),
                           "flops": best.flops, "params": best.params}
+        if confirmed:
+            report["best"][f"{obj}_mean_over_seeds"] = confirmed[0]["mean"]
         plot_front(pts, path=out / "front.png", front=front_idx,
                    zoo=[(z["model"], z[obj], z["flops"]) for z in report["zoo"]],
                    title=f"{cfg.strategy} search, space {ctx.space.name}", ylabel=f"validation {obj}")
@@ -479,6 +545,15 @@ def write_report(ctx: SearchContext) -> dict:
               "|---|---|---|---|---|"]
     for z in report["zoo"]:
         lines.append(f"| {z['model']} | {_fmt(z[obj])} | {_fmt(z['auc'])} | {z['flops']:,.0f} | {z['params']:,} |")
+    if confirmed:
+        seeds = list(confirmed[0]["per_seed"])
+        lines += ["", f"## Confirmation: the top {cfg.confirm.top_k} re-trained with seeds {seeds[1:]}", "",
+                  "| key | " + " | ".join(f"{obj} (seed {sd})" for sd in seeds) + f" | mean {obj} | FLOPs/example |",
+                  "|---|" + "---|" * (len(seeds) + 2)]
+        for r in confirmed:
+            lines.append(f"| {r['trial'].key} | " + " | ".join(_fmt(v) for v in r["per_seed"].values())
+                         + f" | {_fmt(r['mean'])} | {r['trial'].flops:,.0f} |")
+        lines += ["", "The best architecture below is the best mean over these seeds."]
     if report["best"]:
         b = report["best"]
         lines += ["", (f"Best searched architecture: `{b['key']}` — {obj} {_fmt(b[obj])}, auc {_fmt(b['auc'])}, "

@@ -264,6 +264,9 @@ def test_evolution_starts_from_human_designs_within_a_flops_cap(tmp_path):
     best = max(trials, key=lambda t: t.metrics["auc"])
     assert report["best"]["key"] == best.key and report["best"]["1-auc"] == pytest.approx(1 - best.metrics["auc"])
     assert "1-auc" in (out / "report.md").read_text()
+    [note] = report["notes"]  # the big seed was left out, and the report says so (also without progress output)
+    assert note.startswith("evolution seed big: ") and "over max_flops" in note
+    assert f"- note: {note}" in (out / "report.md").read_text()
 
 
 def test_an_impossible_flops_cap_is_a_clear_error(tmp_path):

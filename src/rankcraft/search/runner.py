@@ -173,6 +173,7 @@ class SearchContext:
         self.cfg, self.out, self.store, self.executor, self.data = cfg, out, store, executor, data
         self.cache_dir = str(cache_dir) if cache_dir is not None else None
         self.progress = progress
+        self.notes: list[str] = []  # things the user should know, printed (with progress) and put in the report
         self.space = get_space(cfg.space, raw_dense=bool(data.features.numeric))
         self.t_start = time.monotonic()
         self.elapsed_before = float(store.get_meta("elapsed_seconds", 0.0))
@@ -247,6 +248,11 @@ class SearchContext:
                 return a
         return self.sample(rng)
 
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        if self.progress:
+            print(f"note: {text}")
+
     def seed_archs(self) -> list[Arch]:
         """The evolution seeds as architectures (zoo models over the FLOPs cap are left out, with a note)."""
         from rankcraft.search.human import zoo_arch
@@ -257,8 +263,7 @@ class SearchContext:
         for ref in self.resolve_refs(self.cfg.evolution.seeds):
             a = zoo_arch(ref.model, ref.params)
             if not self.within_cap(a):
-                if self.progress:
-                    print(f"evolution seed {ref.name}: {self.flops(a):,.0f} FLOPs/example is over max_flops "
+                self.note(f"evolution seed {ref.name}: {self.flops(a):,.0f} FLOPs/example is over max_flops "
                           f"{self.cfg.max_flops:,.0f}; left out")
                 continue
             out.append(a)
@@ -456,11 +461,11 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
         ctx = SearchContext(cfg, out, store, executor, data, cache_dir=cache_dir, progress=progress)
         if cfg.strategy == "evolution":
             ctx.seed_archs()  # unsupported seeds fail here, before any training
-        elif progress and cfg.evolution.seeds:
-            print(f"note: evolution.seeds are used by the evolution strategy only, not by {cfg.strategy}")
-        if progress and cfg.strategy == "dnas" and cfg.max_flops is not None:
-            print("note: dnas controls cost through dnas.lambdas; max_flops does not constrain its derived "
-                  "architectures")
+        elif cfg.evolution.seeds:
+            ctx.note(f"evolution.seeds are used by the evolution strategy only, not by {cfg.strategy}")
+        if cfg.strategy == "dnas" and cfg.max_flops is not None:
+            ctx.note("dnas controls cost through dnas.lambdas; max_flops does not constrain its derived "
+                     "architectures")
         if cfg.zoo:
             ctx.evaluate_zoo()
         STRATEGIES[cfg.strategy](ctx)
@@ -503,7 +508,7 @@ def write_report(ctx: SearchContext) -> dict:
                     "failed": sum(1 for t in ctx.store.trials(status="failed") if t.strategy == cfg.strategy),
                     "hypervolume": hv, "hypervolume_zoo": hv_zoo,
                     "reference_point": list(ref) if ref is not None else None,
-                    "front": [], "zoo": [], "best": None}
+                    "front": [], "zoo": [], "best": None, "notes": list(ctx.notes)}
     for i in front_idx:
         t = searched[int(i)]
         report["front"].append({"key": t.key, obj: ctx.objective(t.metrics), "auc": t.metrics.get("auc"),
@@ -537,8 +542,9 @@ def write_report(ctx: SearchContext) -> dict:
              f"{report['elapsed_minutes']:.1f} min"),
              f"- fidelity: {ctx._fidelity()}; objective: validation {obj} (lower is better)",
              (f"- hypervolume of the front: {_fmt(hv, '.6g')} (zoo references alone: {_fmt(hv_zoo, '.6g')}; "
-             f"reference point {report['reference_point']})"), "",
-             "## Pareto front", "", f"| key | {obj} | auc | FLOPs/example | params |", "|---|---|---|---|---|"]
+             f"reference point {report['reference_point']})"),
+             *[f"- note: {n}" for n in ctx.notes],
+             "", "## Pareto front", "", f"| key | {obj} | auc | FLOPs/example | params |", "|---|---|---|---|---|"]
     for f in report["front"]:
         lines.append(f"| {f['key']} | {_fmt(f[obj])} | {_fmt(f['auc'])} | {f['flops']:,.0f} | {f['params']:,} |")
     lines += ["", "## Zoo references (same fidelity)", "", f"| model | {obj} | auc | FLOPs/example | params |",

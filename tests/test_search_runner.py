@@ -320,3 +320,25 @@ def test_confirmation_retrains_the_top_candidates_with_more_seeds_and_picks_the_
     n = len(store.trials())
     run_search({}, out, resume=True, progress=False)
     assert len(TrialStore(out / "trials.db", create=False).trials()) == n
+
+
+def test_resume_can_extend_the_budget_and_add_a_confirmation_only(tmp_path, capsys):
+    out = tmp_path / "ext"
+    args = ["search", "--dataset", "synthetic", "--rows", "6000", "--space", "tiny", "--strategy", "random",
+            "--budget", "2", "--fidelity-steps", "5", "--zoo", "", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    first = {t.key: t.metrics for t in TrialStore(out / "trials.db", create=False).trials()}
+    assert main(["search", "--out", str(out), "--resume", "--budget", "3", "--set", "confirm.top_k=1",
+                 "--set", "confirm.seeds=[9]", "--quiet"]) == 0
+    trials = TrialStore(out / "trials.db", create=False).trials()
+    after = {t.key: t.metrics for t in trials}
+    assert {k: after[k] for k in first} == first  # the first trials are reused, not re-run
+    assert sum(t.fidelity.get("tag") == "standalone" for t in trials) == 3
+    assert [t.hparams["seed"] for t in trials if t.fidelity.get("tag") == "seed-9"] == [9]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["budget"] == {"trials": 3, "minutes": None} and saved["confirm"] == {"top_k": 1, "seeds": [9]}
+    capsys.readouterr()
+    assert main(["search", "--out", str(out), "--resume", "--strategy", "evolution"]) == 2
+    assert "takes --budget and --set budget.*/confirm.* only, not --strategy" in capsys.readouterr().err
+    assert main(["search", "--out", str(out), "--resume", "--set", "objective=auc"]) == 2
+    assert "a resumed search cannot change objective" in capsys.readouterr().err

@@ -384,10 +384,21 @@ def cmd_search(args) -> int:
     from rankcraft.search.runner import SearchConfig, parse_budget, run_search
 
     if args.resume:
-        report = run_search({}, args.out, resume=True, storage=args.storage, cache_dir=args.cache_dir,
-                            progress=not args.quiet) if (Path(args.out) / "config.json").exists() else None
-        if report is None:
+        if not (Path(args.out) / "config.json").exists():
             raise ConfigError(f"{args.out}: no search to resume (config.json is missing)")
+        fixed = [f"--{k.replace('_', '-')}" for k in ("config", "space", "strategy", "objective", "max_flops",
+                                                        "seeds", "zoo", "fidelity_steps", "seed")
+                 if getattr(args, k) is not None]
+        if fixed or _data_spec(args) is not None:
+            raise ConfigError(f"--resume continues the search saved in {args.out}; it takes --budget and "
+                              f"--set budget.*/confirm.* only, not {', '.join(fixed) or 'data options'}")
+        changes: dict = {}
+        if args.budget is not None:
+            changes["budget"] = parse_budget(args.budget).model_dump(exclude_none=True)
+        for path, value in _kv(args.set, "--set").items():
+            _set_path(changes, path, value)
+        report = run_search({}, args.out, resume=True, storage=args.storage, cache_dir=args.cache_dir,
+                            progress=not args.quiet, changes=changes or None)
         _print_search(report, args.out)
         return 0
     from rankcraft.api import read_config_yaml
@@ -413,17 +424,22 @@ def cmd_search(args) -> int:
     if args.seeds is not None:
         cfg.setdefault("evolution", {})["seeds"] = [z.strip() for z in args.seeds.split(",") if z.strip()]
     for path, value in _kv(args.set, "--set").items():
-        node = cfg
-        parts = path.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {path}: '{part}' is not a section")
-        node[parts[-1]] = value
+        _set_path(cfg, path, value)
     config = SearchConfig.parse(cfg, "command line")
     report = run_search(config, args.out, storage=args.storage, cache_dir=args.cache_dir, progress=not args.quiet)
     _print_search(report, args.out)
     return 0
+
+
+def _set_path(cfg: dict, path: str, value) -> None:
+    """``cfg[a][b][c] = value`` for ``path`` ``a.b.c`` (sections created as needed)."""
+    node = cfg
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {path}: '{part}' is not a section")
+    node[parts[-1]] = value
 
 
 def _print_search(report: dict, out: str) -> None:

@@ -422,9 +422,17 @@ class SearchContext:
 
 
 # --------------------------------------------------------------------------------------------- the driver
+#: what a resumed search may change in its saved config: a longer budget, a confirmation step
+RESUME_CHANGES = ("budget", "confirm")
+
+
 def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = False, storage: str | None = None,
-               cache_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Run (or, with ``resume``, continue) a search into directory ``out``; returns the report dict."""
+               cache_dir: str | Path | None = None, progress: bool = True, changes: dict | None = None) -> dict:
+    """Run (or, with ``resume``, continue) a search into directory ``out``; returns the report dict.
+
+    A resumed search continues with its saved config; ``changes`` may replace its ``budget`` (e.g. a finished
+    search extended by more trials or minutes) or ``confirm`` section. Anything else would make the stored trials
+    a different search's, and is an error."""
     from rankcraft.data.dataset import prepare
     from rankcraft.models.registry import model_class
     from rankcraft.search.parallel import make_executor
@@ -442,6 +450,12 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
             raise ConfigError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
         if saved != cfg.to_dict():
             cfg = SearchConfig.parse(saved, str(cfg_path))  # a resumed search continues with its own config
+        if changes:
+            bad = sorted(set(changes) - set(RESUME_CHANGES))
+            if bad:
+                raise ConfigError(f"{out}: a resumed search cannot change {', '.join(bad)} (only "
+                                  f"{', '.join(RESUME_CHANGES)}); start a new search with another --out")
+            cfg = SearchConfig.parse({**cfg.to_dict(), **changes}, f"{out}: resumed search")
     elif resume:
         raise ConfigError(f"{out}: no search to resume (config.json is missing)")
     for z in cfg.zoo:
@@ -557,8 +571,8 @@ def write_report(ctx: SearchContext) -> dict:
                   "| key | " + " | ".join(f"{obj} (seed {sd})" for sd in seeds) + f" | mean {obj} | FLOPs/example |",
                   "|---|" + "---|" * (len(seeds) + 2)]
         for r in confirmed:
-            lines.append(f"| {r['trial'].key} | " + " | ".join(_fmt(v) for v in r["per_seed"].values())
-                         + f" | {_fmt(r['mean'])} | {r['trial'].flops:,.0f} |")
+            lines.append(f"| {r['trial'].key} | " + " | ".join(_fmt(v, ".5f") for v in r["per_seed"].values())
+                         + f" | {_fmt(r['mean'], '.5f')} | {r['trial'].flops:,.0f} |")
         lines += ["", "The best architecture below is the best mean over these seeds."]
     if report["best"]:
         b = report["best"]

@@ -22,20 +22,30 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from rankcraft.data.dataset import ColumnData, DataSource, PreparedData, encode_file, prepare
+from rankcraft.data.dataset import (
+    ColumnData,
+    DataSource,
+    PreparedData,
+    encode_file,
+    prepare,
+)
 from rankcraft.data.encoders import Encoders, describe_skips
 from rankcraft.data.features import FeatureSet
 from rankcraft.data.recipes import get_source, schema_source
-from rankcraft.data.schema import Schema, format_validation_error
+from rankcraft.data.schema import Schema, format_validation_error, read_yaml_file
 from rankcraft.errors import CheckpointError, ConfigError
 from rankcraft.models.registry import build_model, validate_params
-from rankcraft.training.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
+from rankcraft.training.checkpoint import (
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+)
 from rankcraft.training.profile import count_parameters, flops_per_example, slice_batch
-from rankcraft.training.trainer import FitResult, Trainer, TrainConfig, evaluate as evaluate_data, predict_proba
+from rankcraft.training.trainer import FitResult, TrainConfig, Trainer, predict_proba
+from rankcraft.training.trainer import evaluate as evaluate_data
 
 
 class DataSpec(BaseModel):
@@ -78,14 +88,7 @@ class DataSpec(BaseModel):
 def read_config_yaml(path: str | Path) -> dict:
     """A YAML config file as a mapping (``{}`` when empty); unreadable or invalid files are a ConfigError."""
     path = Path(path)
-    try:
-        obj = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    obj = read_yaml_file(path, "config file")
     if obj is None:
         return {}
     if not isinstance(obj, dict):

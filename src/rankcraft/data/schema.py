@@ -34,6 +34,22 @@ NumericTransform = Literal["none", "log", "standardize", "bucketize"]
 RESERVED_NAMES = frozenset({"label", "labels", "cat", "num", "group"})
 
 
+def read_yaml_file(path: str | Path, what: str) -> object:
+    """Parse a YAML file with ``yaml.safe_load`` (nothing is evaluated). A missing, unreadable or invalid file is a
+    :class:`ConfigError` naming the file and ``what`` it should be (``"schema file"``, ``"config file"``)."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,16 +168,7 @@ class Schema(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Schema":
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: schema file not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"{path}: is a directory, not a schema file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read schema file ({exc})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = read_yaml_file(path, "schema file")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a schema must be a mapping with 'labels' and 'features'")
         return cls.from_dict(data, origin=str(path))

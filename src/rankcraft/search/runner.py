@@ -174,6 +174,7 @@ class SearchContext:
         self.cache_dir = str(cache_dir) if cache_dir is not None else None
         self.progress = progress
         self.notes: list[str] = []  # things the user should know, printed (with progress) and put in the report
+        self._seeds: list[Arch] | None = None
         self.space = get_space(cfg.space, raw_dense=bool(data.features.numeric))
         self.t_start = time.monotonic()
         self.elapsed_before = float(store.get_meta("elapsed_seconds", 0.0))
@@ -257,7 +258,7 @@ class SearchContext:
         """The evolution seeds as architectures (zoo models over the FLOPs cap are left out, with a note)."""
         from rankcraft.search.human import zoo_arch
 
-        if getattr(self, "_seeds", None) is not None:
+        if self._seeds is not None:
             return self._seeds
         out = []
         for ref in self.resolve_refs(self.cfg.evolution.seeds):
@@ -270,10 +271,13 @@ class SearchContext:
         self._seeds = out
         return out
 
+    def train_config(self, seed: int | None = None) -> dict:
+        """The candidates' TrainConfig fields, with the training seed replaced for a confirmation run."""
+        return self.cfg.train if seed is None else {**self.cfg.train, "seed": seed}
+
     def task(self, key: str, model: str, params: dict, seed: int | None = None) -> dict:
-        train = self.cfg.train if seed is None else {**self.cfg.train, "seed": seed}
-        return {"key": key, "model": model, "params": params, "data": self.cfg.data, "train": train,
-                "cache_dir": self.cache_dir}
+        return {"key": key, "model": model, "params": params, "data": self.cfg.data,
+                "train": self.train_config(seed), "cache_dir": self.cache_dir}
 
     def arch_params(self, arch: Arch) -> dict:
         return {"embedding_dim": self.cfg.embedding_dim, "arch": arch.to_dict()}
@@ -308,8 +312,7 @@ class SearchContext:
         if todo:
             numbers = {}
             for idx in todo:
-                hparams = self.cfg.train if seed is None else {**self.cfg.train, "seed": seed}
-                numbers[idx] = self.store.start(keys[idx], arch=archs[idx].to_dict(), hparams=hparams,
+                numbers[idx] = self.store.start(keys[idx], arch=archs[idx].to_dict(), hparams=self.train_config(seed),
                                                 fidelity={"tag": tag, **self._fidelity()},
                                                 strategy=strategy, extra=extra[idx])
             tasks = [self.task(keys[idx], "arch", self.arch_params(archs[idx]), seed) for idx in todo]
@@ -352,7 +355,8 @@ class SearchContext:
         c = self.cfg.confirm
         if c is None:
             return []
-        seeds = [self.base_seed()] + [s for s in c.seeds if s != self.base_seed()]
+        base = self.base_seed()
+        seeds = [base] + [s for s in c.seeds if s != base]
         by_key = {t.key: t for t in self.searched()}
         runs: dict[str, dict[int, float]] = {}
         for t in self.store.trials():
@@ -362,7 +366,7 @@ class SearchContext:
                     runs.setdefault(of, {})[int(t.extra["seed"])] = self.objective(t.metrics)
         out = []
         for key, per_seed in runs.items():
-            per_seed = {self.base_seed(): self.objective(by_key[key].metrics), **per_seed}
+            per_seed = {base: self.objective(by_key[key].metrics), **per_seed}
             if all(s in per_seed and math.isfinite(per_seed[s]) for s in seeds):
                 vals = [per_seed[s] for s in seeds]
                 out.append({"trial": by_key[key], "per_seed": {s: per_seed[s] for s in seeds},

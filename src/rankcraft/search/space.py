@@ -240,8 +240,7 @@ class SearchSpace:
             if n.op == "cross":
                 moves.append(("layers", i))
             elif n.op == "bilinear":
-                if all(arch.blocks[j - 1].dense is not None and arch.blocks[j - 1].dense.dim for j in n.inputs
-                       if j > 0) and 0 not in n.inputs:
+                if 0 not in n.inputs and all(arch.blocks[j - 1].dense.dim for j in n.inputs):
                     moves.append(("heads", i))
             elif n.dim is not None and not (n.op == "linear" and n.dim == 1):
                 moves.append(("width", i))
@@ -271,8 +270,8 @@ class SearchSpace:
                 key = "dim"
             if not options:
                 continue
-            blocks = [{k: (dict(v) if isinstance(v, dict) else v) for k, v in b.items()} for b in base["blocks"]]
-            blocks[i - 1]["dense"] = {**node, key: rng.choice(options)}
+            blocks = list(base["blocks"])
+            blocks[i - 1] = {**blocks[i - 1], "dense": {**node, key: rng.choice(options)}}
             return Arch.model_validate({**base, "blocks": blocks})
         return arch
 

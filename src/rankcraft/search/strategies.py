@@ -111,27 +111,19 @@ def _score_batches(ctx, n: int, batch_size: int) -> list[dict]:
     return out
 
 
-def _logloss(model_fn, batches: list[dict]) -> float:
-    total, rows = 0.0, 0
-    with torch.no_grad():
-        for b in batches:
-            logits = model_fn(b)
-            total += F.binary_cross_entropy_with_logits(logits.float(), b["label"], reduction="sum").item()
-            rows += b["label"].shape[0]
-    return total / max(rows, 1)
-
-
 def _inherited_metrics(model_fn, batches: list[dict]) -> dict:
-    """Logloss, NE and (when both classes occur) AUC of ``model_fn`` on the fixed scoring batches."""
+    """Logloss, NE and (when both classes occur) AUC of ``model_fn`` on the fixed scoring batches (one forward
+    pass per batch)."""
     from rankcraft.training.metrics import auc
 
-    ll = _logloss(model_fn, batches)
+    with torch.no_grad():
+        logits = torch.cat([model_fn(b).float() for b in batches])
+    y = torch.cat([b["label"] for b in batches])
+    ll = F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item() / max(len(y), 1)
     out = {"logloss": ll, "ne": _ne(ll, batches)}
-    y = torch.cat([b["label"] for b in batches]).numpy()
-    if 0 < y.sum() < len(y):
-        with torch.no_grad():
-            p = torch.cat([model_fn(b).float() for b in batches]).numpy()
-        out["auc"] = auc(y, p)
+    yn = y.numpy()
+    if 0 < yn.sum() < len(yn):
+        out["auc"] = auc(yn, logits.numpy())
     return out
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from rankcraft.data.dataset import prepare
-from rankcraft.data.recipes import get_source
+from rankcraft.data.catalog import get_source
 from rankcraft.models import build_model
 from rankcraft.training.trainer import Trainer, TrainConfig
 

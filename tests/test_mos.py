@@ -9,9 +9,9 @@ import torch
 
 from rankcraft.analysis.sessions import analyze_sessions
 from rankcraft.data.dataset import encode_splits, prepare
-from rankcraft.data.recipes import get_source
-from rankcraft.data.sessions import make_session_hopping, session_hopping_raw
-from rankcraft.models.registry import build_model
+from rankcraft.data.catalog import get_source
+from rankcraft.data.session_hopping import make_session_hopping, session_hopping_raw
+from rankcraft.models.catalog import build_model
 from rankcraft.nn.mos import MixtureOfSequence, load_balancing_loss, segment_sessions, theme_subsequences
 from rankcraft.training.trainer import TrainConfig, Trainer
 

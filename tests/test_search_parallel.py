@@ -1,4 +1,4 @@
-"""Sequential and Ray executors of rankcraft.search.parallel (one local 2-CPU Ray instance for the whole module)."""
+"""Sequential and Ray executors of rankcraft.parallel (one local 2-CPU Ray instance for the whole module)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 import rankcraft
 from rankcraft.errors import ConfigError
-from rankcraft.search.parallel import (
+from rankcraft.parallel import (
     Executor,
     Failure,
     RayExecutor,
@@ -97,7 +97,7 @@ def test_make_executor_sequential_and_validation():
 
 
 def test_import_is_lazy():
-    code = "import sys, rankcraft.search.parallel; assert 'ray' not in sys.modules, 'ray imported eagerly'"
+    code = "import sys, rankcraft.parallel; assert 'ray' not in sys.modules, 'ray imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -16,8 +16,9 @@ import pytest
 
 from rankcraft.cli.main import main
 from rankcraft.errors import ConfigError
-from rankcraft.search.arch import load_arch
-from rankcraft.search.runner import SearchConfig, parse_budget, run_search
+from rankcraft.models.arch.format import load_arch
+from rankcraft.search.config import SearchConfig, parse_budget
+from rankcraft.search.runner import run_search
 from rankcraft.search.store import TrialStore
 
 DATA = {"recipe": "synthetic", "rows": 6000, "seed": 3}
@@ -244,8 +245,8 @@ def test_evolution_starts_from_human_designs_within_a_flops_cap(tmp_path):
     the cap; the AUC objective is reported as 1-auc and picks the highest-AUC candidate."""
     from rankcraft.api import DataSpec
     from rankcraft.data.dataset import prepare
-    from rankcraft.search.cost import arch_flops
-    from rankcraft.search.human import zoo_arch
+    from rankcraft.models.arch.cost import arch_flops
+    from rankcraft.models.arch.zoo import zoo_arch
 
     features = prepare(DataSpec.model_validate(DATA).source()).features
     small = {"hidden_units": [16], "dropout": 0.1}
@@ -342,3 +343,15 @@ def test_resume_can_extend_the_budget_and_add_a_confirmation_only(tmp_path, caps
     assert "takes --budget and --set budget.*/confirm.* only, not --strategy" in capsys.readouterr().err
     assert main(["search", "--out", str(out), "--resume", "--set", "objective=auc"]) == 2
     assert "a resumed search cannot change objective" in capsys.readouterr().err
+
+
+def test_a_search_whose_every_candidate_fails_stops_with_the_error(tmp_path, monkeypatch):
+    import rankcraft.search.context as context
+    from rankcraft.errors import RankcraftError
+
+    def broken(task):
+        raise ValueError("broken training setup")
+
+    monkeypatch.setattr(context, "evaluate_task", broken)
+    with pytest.raises(RankcraftError, match="in a row failed.*broken training setup"):
+        run_search(_cfg("random", budget={"trials": 3}), tmp_path / "s", progress=False)

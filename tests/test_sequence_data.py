@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 
 from rankcraft.data.dataset import prepare
-from rankcraft.data.recipes import add_histories, get_source, load_ml100k_table
+from rankcraft.data.catalog import get_source
+from rankcraft.data.recipes import add_histories, load_ml100k_table
 
 from conftest import shared
 

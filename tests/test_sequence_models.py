@@ -272,7 +272,7 @@ def test_side_sequence_can_be_the_main_sequence():
 @pytest.fixture(scope="module")
 def ml100k_seq():
     from rankcraft.data.dataset import prepare
-    from rankcraft.data.recipes import get_source
+    from rankcraft.data.catalog import get_source
 
     return prepare(get_source("ml-100k-seq", str(shared("ml-100k"))))
 

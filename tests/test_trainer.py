@@ -16,7 +16,8 @@ from rankcraft.data.synthetic import synthetic_raw
 from rankcraft.errors import CheckpointError
 from rankcraft.models import build_model
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
-from rankcraft.training.trainer import StopTraining, Trainer, TrainConfig, evaluate
+from rankcraft.training.evaluation import evaluate
+from rankcraft.training.trainer import StopTraining, Trainer, TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models import available_models, build_model
 from rankcraft.search.space import get_space
-from rankcraft.models.registry import requires_sequence
+from rankcraft.models.catalog import requires_sequence
 from rankcraft.training.profile import flops_per_example
 
 from conftest import adam_steps

@@ -340,7 +340,7 @@ def _to_log(data_or_table, *, data_dir, splits, sequence, category_sequence, use
                              delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
             return events_from_table(raw.table, user_column=user_column, ts_column=ts_column,
                                      category_column=category_column, separator=separator)
-        from rankcraft.data.recipes import get_source
+        from rankcraft.data.catalog import get_source
 
         return _to_log(get_source(str(obj), data_dir), data_dir=data_dir, splits=splits, sequence=sequence,
                        category_sequence=category_sequence, user_column=user_column, ts_column=ts_column,

@@ -11,22 +11,18 @@ import json
 import platform
 import statistics
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
-import yaml
 
-from rankcraft import api
-from rankcraft.data.dataset import encode_file, prepare
+from rankcraft.data.dataset import encode_file
+from rankcraft.data.spec import DataSpec, prepare_spec
 from rankcraft.errors import ConfigError
-from rankcraft.training.checkpoint import atomic_write_json, atomic_write_text
-from rankcraft.training.trainer import evaluate
-
-
-def load_presets(path: str | Path | None = None) -> dict:
-    text = Path(path).read_text() if path else resources.files("rankcraft.bench").joinpath("presets.yaml").read_text()
-    return yaml.safe_load(text)
+from rankcraft.files import atomic_write_json, atomic_write_text
+from rankcraft.training.evaluation import evaluate
+from rankcraft.training.presets import load_presets
+from rankcraft.training.run import RunConfig
+from rankcraft.training.run import train as train_run
 
 
 def _fmt(x, digits=4):
@@ -47,8 +43,8 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
     seeds = seeds or [2021]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = api.DataSpec(recipe=dataset, data_dir=data_dir, rows=rows)
-    data = prepare(spec.source())
+    spec = DataSpec(recipe=dataset, data_dir=data_dir, rows=rows)
+    data = prepare_spec(spec)
     results = {"dataset": dataset, "commands": [], "machine": {"platform": platform.platform(),
                "torch": torch.__version__, "threads": torch.get_num_threads()}, "models": {}}
     previous = out / "results.json"
@@ -68,13 +64,13 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
             train.update(preset.get("train", {}))
             train.update(train_overrides or {})
             train.update(seed=seed, quiet=quiet)
-            cfg = api.RunConfig(data=spec, model=model_name, params=params, train=train)
+            cfg = RunConfig(data=spec, model=model_name, params=params, train=train)
             run_dir = out / "runs" / f"{name}-seed{seed}"
             if run_dir.exists():
                 import shutil
                 shutil.rmtree(run_dir)
             t0 = time.perf_counter()
-            res = api.train(cfg, out=run_dir, data=data)
+            res = train_run(cfg, out=run_dir, data=data)
             wall = time.perf_counter() - t0
             r = res.report
             row = {"seed": seed, "valid_auc": r["valid"]["auc"], "valid_logloss": r["valid"]["logloss"],
@@ -132,24 +128,4 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main_bench(args) -> int:
-    models = [m for m in args.models.split(",") if m]
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    overrides = {}
-    if args.epochs:
-        overrides["epochs"] = args.epochs
-    if args.bf16:
-        overrides["bf16"] = True
-    if args.threads:
-        overrides["threads"] = args.threads
-    import shlex
-
-    res = run_benchmark(args.dataset, models, args.out, data_dir=args.data_dir, test_file=args.test, seeds=seeds,
-                        presets=load_presets(args.presets) if args.presets else None, train_overrides=overrides,
-                        quiet=not args.verbose, rows=args.rows, merge=not args.fresh,
-                        command="rankcraft " + shlex.join(args.argv))
-    print(to_markdown(res))
-    return 0
-
-
-__all__ = ["load_presets", "run_benchmark", "to_markdown", "main_bench"]
+__all__ = ["run_benchmark", "to_markdown"]

@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
     if args.model:
         cfg["model"] = args.model
     if args.arch:
-        from rankcraft.search.arch import load_arch
+        from rankcraft.models.arch.format import load_arch
 
         if args.model and args.model != "arch":
             raise ConfigError("--arch trains the searched architecture; do not combine it with --model")
@@ -146,8 +146,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_datasets(args) -> int:
+    from rankcraft.data.catalog import RECIPES
     from rankcraft.data.dataset import prepare
-    from rankcraft.data.recipes import RECIPES
 
     spec = _data_spec(args)
     if spec is None:
@@ -180,7 +180,7 @@ def cmd_datasets(args) -> int:
 def cmd_demo(args) -> int:
     from rankcraft import api
     from rankcraft.data.dataset import prepare
-    from rankcraft.models.registry import available_models
+    from rankcraft.models.catalog import available_models
 
     if args.models:
         models = [m for m in args.models.split(",") if m]
@@ -364,7 +364,7 @@ def cmd_analyze_sessions(args) -> int:
     if os.path.exists(target) and not os.path.isdir(target):
         result = analyze_sessions(target, gap_seconds=args.gap_seconds, max_k=args.max_k, out_png=args.png)
     else:
-        from rankcraft.data.recipes import find_data_dir
+        from rankcraft.data.catalog import find_data_dir
 
         name = target
         data_dir = str(find_data_dir("ml-100k" if name.startswith("ml-100k") else name, args.data_dir)) \
@@ -381,7 +381,8 @@ def cmd_analyze_sessions(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from rankcraft.search.runner import SearchConfig, parse_budget, run_search
+    from rankcraft.search.config import SearchConfig, parse_budget
+    from rankcraft.search.runner import run_search
 
     if args.resume:
         if not (Path(args.out) / "config.json").exists():
@@ -456,7 +457,7 @@ def _print_search(report: dict, out: str) -> None:
 
 def _write_or_print(text: str, out: str | None) -> None:
     if out:
-        from rankcraft.training.checkpoint import atomic_write_text
+        from rankcraft.files import atomic_write_text
 
         atomic_write_text(out, text + "\n")
         print(f"wrote {out}")
@@ -465,7 +466,7 @@ def _write_or_print(text: str, out: str | None) -> None:
 
 
 def cmd_arch_show(args) -> int:
-    from rankcraft.search.arch import load_arch
+    from rankcraft.models.arch.format import load_arch
 
     arch = load_arch(args.file)
     doc = json.loads(Path(args.file).read_text())
@@ -477,8 +478,8 @@ def cmd_arch_show(args) -> int:
     if data is not None:
         from rankcraft.api import DataSpec
         from rankcraft.data.dataset import prepare
-        from rankcraft.search.cost import arch_flops
-        from rankcraft.search.network import ArchNet
+        from rankcraft.models.arch.cost import arch_flops
+        from rankcraft.models.arch.network import ArchNet
         from rankcraft.training.profile import count_parameters
 
         prepared = prepare(DataSpec.model_validate(data).source(), cache_dir=args.cache_dir)
@@ -498,7 +499,7 @@ def cmd_arch_show(args) -> int:
 
 
 def cmd_arch_zoo(args) -> int:
-    from rankcraft.search.human import zoo_arch
+    from rankcraft.models.arch.zoo import zoo_arch
 
     _write_or_print(zoo_arch(args.model, _kv(args.param, "--param")).to_json(), args.out)
     return 0
@@ -515,15 +516,32 @@ def cmd_arch_sample(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from rankcraft.bench.zoo import main_bench
+    import shlex
 
-    return main_bench(args)
+    from rankcraft.bench.zoo import run_benchmark, to_markdown
+    from rankcraft.training.presets import load_presets
+
+    models = [m for m in args.models.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    overrides = {}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.bf16:
+        overrides["bf16"] = True
+    if args.threads:
+        overrides["threads"] = args.threads
+    res = run_benchmark(args.dataset, models, args.out, data_dir=args.data_dir, test_file=args.test, seeds=seeds,
+                        presets=load_presets(args.presets) if args.presets else None, train_overrides=overrides,
+                        quiet=not args.verbose, rows=args.rows, merge=not args.fresh,
+                        command="rankcraft " + shlex.join(args.argv))
+    print(to_markdown(res))
+    return 0
 
 
 def cmd_models(args) -> int:
     from pydantic import ValidationError
 
-    from rankcraft.models.registry import available_models, model_class
+    from rankcraft.models.catalog import available_models, model_class
 
     info = {}
     for name in available_models():

@@ -19,8 +19,6 @@ and ``./data/<name>``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,45 +26,10 @@ import pyarrow as pa
 
 from rankcraft.data.dataset import DataSource
 from rankcraft.data.readers import RawTable
+from rankcraft.data.registry import find_data_dir, recipe
 from rankcraft.data.schema import FeatureSpec, Schema
 from rankcraft.data.synthetic import synthetic_raw
 from rankcraft.errors import DataError
-
-RECIPES: dict[str, tuple[Callable[..., DataSource], str]] = {}
-
-
-def recipe(name: str, help: str):
-    def deco(fn):
-        RECIPES[name] = (fn, help)
-        return fn
-    return deco
-
-
-def find_data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
-    """The directory of recipe ``name``: ``data_dir`` if given, else the first default location that exists."""
-    if data_dir is not None:
-        p = Path(data_dir)
-        if not p.exists():
-            raise DataError(f"dataset '{name}': not found", path=str(p))
-        return p
-    candidates = []
-    if os.environ.get("RANKCRAFT_DATA_DIR"):
-        candidates.append(Path(os.environ["RANKCRAFT_DATA_DIR"]) / name)
-    candidates += [Path("../shared/data") / name, Path("data") / name]
-    for c in candidates:
-        if c.exists():
-            return c
-    raise DataError(f"dataset '{name}': no data directory given and none of "
-                    f"{[str(c) for c in candidates]} exists; pass --data-dir")
-
-
-def get_source(name: str, data_dir: str | None = None, **options) -> DataSource:
-    """The :class:`DataSource` of recipe ``name`` (``options`` are recipe-specific, e.g. ``rows`` for synthetic)."""
-    key = name.lower().replace("_", "-")
-    for rname, (fn, _) in RECIPES.items():
-        if rname.replace("_", "-") == key:
-            return fn(data_dir, **options)
-    raise DataError(f"unknown dataset recipe '{name}'; available: {', '.join(sorted(RECIPES))}")
 
 
 # -------------------------------------------------------------------------------------------- recipes
@@ -321,7 +284,3 @@ def schema_source(schema: Schema, train: str, valid: str | None = None, test: st
         files["test"] = str(test)
     return DataSource(name=name or Path(train).stem, schema=schema, files=files, valid_fraction=valid_fraction,
                       seed=seed)
-
-
-# recipes defined in their own modules register themselves on import
-from rankcraft.data import sessions as _sessions  # noqa: E402,F401

@@ -25,6 +25,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rankcraft.config import format_validation_error, read_yaml_file
 from rankcraft.errors import ConfigError
 
 FeatureType = Literal["categorical", "numeric", "multi_categorical", "sequence"]
@@ -32,22 +33,6 @@ Source = Literal["user", "item", "context"]
 NumericTransform = Literal["none", "log", "standardize", "bucketize"]
 # keys of the batch dict that features may not use as names (see rankcraft.data.features)
 RESERVED_NAMES = frozenset({"label", "labels", "cat", "num", "group"})
-
-
-def read_yaml_file(path: str | Path, what: str) -> object:
-    """Parse a YAML file with ``yaml.safe_load`` (nothing is evaluated). A missing, unreadable or invalid file is a
-    :class:`ConfigError` naming the file and ``what`` it should be (``"schema file"``, ``"config file"``)."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a {what}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read {what} ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
 class _Strict(BaseModel):
@@ -175,23 +160,3 @@ class Schema(_Strict):
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
-
-
-def format_validation_error(exc: ValidationError, data: object = None) -> str:
-    """Render a pydantic error as ``field.path: message`` lines, naming features by name where possible."""
-    lines = []
-    for err in exc.errors():
-        parts: list[str] = []
-        node = data
-        for key in err["loc"]:
-            if isinstance(key, int) and isinstance(node, list) and key < len(node):
-                item = node[key]
-                label = item.get("name") if isinstance(item, dict) else None
-                parts.append(f"[{key}]" + (f"({label})" if label else ""))
-                node = item
-            else:
-                parts.append(f".{key}" if parts else str(key))
-                node = node.get(key) if isinstance(node, dict) else None
-        loc = "".join(parts) or "<root>"
-        lines.append(f"  {loc}: {err['msg']}")
-    return "\n".join(lines)

@@ -1,24 +1,13 @@
-"""Model zoo. Importing this package registers every model; use :func:`build_model` to construct one by name."""
+"""Model zoo. Use :func:`build_model` to construct a model by name (:mod:`rankcraft.models.catalog`)."""
 
-from rankcraft.models import (  # noqa: F401
-    arch,
-    autoint,
-    dcn,
-    dcnv2,
-    deepfm,
-    din,
-    dlrm,
-    dnn,
-    finalmlp,
-    fm,
-    interformer,
-    lr,
-    masknet,
-    transformer_seq,
-    widedeep,
-    xdeepfm,
+from rankcraft.models.catalog import (
+           available_models,
+           build_model,
+           model_class,
+           requires_sequence,
+           validate_params,
 )
-from rankcraft.models import mos  # noqa: F401
-from rankcraft.models.registry import available_models, build_model, model_class, register_model
+from rankcraft.models.registry import register_model
 
-__all__ = ["available_models", "build_model", "model_class", "register_model"]
+__all__ = ["available_models", "build_model", "model_class", "register_model", "requires_sequence",
+           "validate_params"]

@@ -18,7 +18,12 @@ from pydantic import Field
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.models.common import Activation, SequenceTowerParams, Units, make_sequence_inputs
+from rankcraft.models.common import (
+    Activation,
+    SequenceTowerParams,
+    Units,
+    make_sequence_inputs,
+)
 from rankcraft.models.registry import register_model
 from rankcraft.nn.mlp import MLP
 from rankcraft.nn.sequence import TargetAttention

@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-import torch
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import nn
 

@@ -62,8 +62,13 @@ from rankcraft.data.features import FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models.common import SequenceTowerParams, make_sequence_inputs
 from rankcraft.models.registry import register_model
-from rankcraft.nn.interformer import (CrossArch, InteractionArch, SequenceArchLayer, TimeEncoding,
-                                      TimeGapEncoding)
+from rankcraft.nn.interformer import (
+    CrossArch,
+    InteractionArch,
+    SequenceArchLayer,
+    TimeEncoding,
+    TimeGapEncoding,
+)
 from rankcraft.nn.mlp import MLP
 
 

@@ -1,4 +1,5 @@
-"""Model registry: every zoo model is selectable by name with typed, validated hyperparameters.
+"""Model registry: every zoo model registers itself here under a name, with typed, validated hyperparameters.
+This is a leaf module (it imports no model); :mod:`rankcraft.models.catalog` imports the zoo and looks models up.
 
 A model is a plain ``nn.Module`` whose ``forward(batch) -> logits [B]``; it is constructed as
 ``cls(features: FeatureSet, params: cls.Params)``. ``Params`` is a pydantic model (unknown keys are errors).
@@ -9,11 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-
-from rankcraft.data.features import FeatureSet
-from rankcraft.errors import ConfigError
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -45,47 +43,3 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
         return cls
 
     return deco
-
-
-def _load_zoo() -> None:
-    import rankcraft.models  # noqa: F401  (importing the package registers every model)
-
-
-def available_models() -> list[str]:
-    _load_zoo()
-    return sorted(_REGISTRY)
-
-
-def model_class(name: str) -> type[nn.Module]:
-    _load_zoo()
-    try:
-        return _REGISTRY[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def requires_sequence(name: str) -> bool:
-    """True for behaviour-sequence models (their ``Params`` name the ``sequence`` feature they encode)."""
-    return "sequence" in model_class(name).Params.model_fields
-
-
-def validate_params(name: str, params: dict | None) -> BaseModel:
-    cls = model_class(name)
-    try:
-        return cls.Params.model_validate(params or {})
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"model '{name}': invalid hyperparameters: {msgs}") from None
-
-
-def build_model(name: str, features: FeatureSet, params: dict | None = None) -> nn.Module:
-    """Instantiate zoo model ``name`` for ``features`` with validated ``params``."""
-    p = validate_params(name, params)
-    model = model_class(name)(features, p)
-    if p.linear_init == "xavier_normal":
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-    return model

@@ -12,7 +12,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.models.common import Activation, TowerParams, Units, make_embedding, make_tower
+from rankcraft.models.common import (
+    Activation,
+    TowerParams,
+    Units,
+    make_embedding,
+    make_tower,
+)
 from rankcraft.models.registry import register_model
 from rankcraft.nn import CIN, LinearPart
 

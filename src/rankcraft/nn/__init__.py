@@ -6,7 +6,12 @@ See ``docs/operators.md`` for the math, shapes and users of each operator.
 from rankcraft.nn.attention import FieldSelfAttention
 from rankcraft.nn.cross import CrossNetMix, CrossNetV1, CrossNetV2
 from rankcraft.nn.embedding import FeatureEmbedding
-from rankcraft.nn.gating import FeatureSelection, InstanceGuidedMask, MaskBlock, SigmoidGating
+from rankcraft.nn.gating import (
+    FeatureSelection,
+    InstanceGuidedMask,
+    MaskBlock,
+    SigmoidGating,
+)
 from rankcraft.nn.interaction import CIN, EFC, FM, BilinearFusion, DotInteraction
 from rankcraft.nn.linear import LinearPart
 from rankcraft.nn.mlp import MLP, activation

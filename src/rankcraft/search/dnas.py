@@ -10,7 +10,7 @@ and every (sparse op, fields) pair. With architecture logits ``α_i`` and temper
     L(w, α) = BCE(w, α) + λ · Σ_i (Σ_k p_{i,k} C_{i,k} + Σ_k q_{i,k} S_{i,k}) / C_ref
 
 ``C``/``S`` are analytic FLOPs per example of each candidate at the mixture's input widths
-(:mod:`rankcraft.search.cost`); ``C_ref`` is the cost of taking the most expensive candidate everywhere, so the
+(:mod:`rankcraft.models.arch.cost`); ``C_ref`` is the cost of taking the most expensive candidate everywhere, so the
 penalty is in ``[0, 1]``. All candidates of one op share one max-width weight from the :class:`Supernet`
 (FBNetV2-style channel sharing): the projection is computed once and each width applies its own norm/activation
 to the leading columns.
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.search.arch import Arch, DenseNode, SparseNode
-from rankcraft.search.cost import dense_node_flops, sparse_node_flops
+from rankcraft.models.arch.cost import dense_node_flops, sparse_node_flops
+from rankcraft.models.arch.format import Arch, DenseNode, SparseNode
 from rankcraft.search.space import SearchSpace
 from rankcraft.search.supernet import Supernet, activation_fn
 

@@ -1,7 +1,7 @@
 """Standalone evaluation of one candidate: train an architecture from scratch at a given fidelity and measure it.
 
 :func:`evaluate_task` is a plain module-level function of one picklable dict, so the same call runs in-process or
-in a Ray worker (:mod:`rankcraft.search.parallel`). It is fully determined by its arguments (seeded data order and
+in a Ray worker (:mod:`rankcraft.parallel`). It is fully determined by its arguments (seeded data order and
 initial weights), which is what makes parallel and sequential searches agree.
 
 Task dict::
@@ -19,30 +19,29 @@ from __future__ import annotations
 import json
 import time
 
+from rankcraft.data.spec import prepare_spec
+from rankcraft.training.run import RunConfig
+from rankcraft.training.run import train as train_run
+
 _DATA_MEMO: dict[str, object] = {}
 
 
 def _prepared(data: dict, cache_dir: str | None):
     """Prepared data, memoised per process (a Ray worker evaluates many candidates on the same data)."""
-    from rankcraft.api import DataSpec
-    from rankcraft.data.dataset import prepare
-
     key = json.dumps([data, cache_dir], sort_keys=True)
     if key not in _DATA_MEMO:
         _DATA_MEMO.clear()
-        _DATA_MEMO[key] = prepare(DataSpec.model_validate(data).source(), cache_dir=cache_dir)
+        _DATA_MEMO[key] = prepare_spec(data, cache_dir)
     return _DATA_MEMO[key]
 
 
 def evaluate_task(task: dict) -> dict:
-    from rankcraft import api
-
     t0 = time.perf_counter()
     data = _prepared(task["data"], task.get("cache_dir"))
     train = {**task["train"], "quiet": True, "checkpoint_seconds": 0}
-    cfg = api.RunConfig.parse({"data": task["data"], "model": task.get("model", "arch"), "params": task["params"],
+    cfg = RunConfig.parse({"data": task["data"], "model": task.get("model", "arch"), "params": task["params"],
                                "train": train}, f"candidate {task.get('key', '')}")
-    res = api.train(cfg, data=data)
+    res = train_run(cfg, data=data)
     r = res.report
     return {
         "metrics": {k: float(v) for k, v in r["valid"].items() if isinstance(v, (int, float))},

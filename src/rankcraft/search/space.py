@@ -1,4 +1,4 @@
-"""Search spaces: which architectures (:class:`~rankcraft.search.arch.Arch`) a search may visit.
+"""Search spaces: which architectures (:class:`~rankcraft.models.arch.format.Arch`) a search may visit.
 
 A space fixes the number of blocks ``N``, the dense and sparse operators, the elastic widths (dense ``dim`` and
 sparse ``fields``), the DCN depth choices and how many earlier outputs a node may read. Every architecture of a
@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rankcraft.errors import ConfigError
-from rankcraft.search.arch import DENSE_OPS, SPARSE_OPS, Arch
+from rankcraft.models.arch.format import DENSE_OPS, SPARSE_OPS, Arch
 
 #: dense ops a space can sample (``linear`` is the logit-term op of human designs; ``fsgate`` and ``bilinear``
 #: express FinalMLP, whose graph the space's block pattern does not hold)

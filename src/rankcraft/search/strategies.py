@@ -27,8 +27,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rankcraft.search.arch import Arch
+from rankcraft.models.arch.cost import arch_flops
+from rankcraft.models.arch.format import Arch
+from rankcraft.search.context import arch_key
+from rankcraft.search.dnas import DnasSupernet
+from rankcraft.search.supernet import Supernet
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
+from rankcraft.training.metrics import auc, entropy
 
 
 def _rng(ctx, *tag) -> random.Random:
@@ -114,7 +119,6 @@ def _score_batches(ctx, n: int, batch_size: int) -> list[dict]:
 def _inherited_metrics(model_fn, batches: list[dict]) -> dict:
     """Logloss, NE and (when both classes occur) AUC of ``model_fn`` on the fixed scoring batches (one forward
     pass per batch)."""
-    from rankcraft.training.metrics import auc
 
     with torch.no_grad():
         logits = torch.cat([model_fn(b).float() for b in batches])
@@ -129,7 +133,6 @@ def _inherited_metrics(model_fn, batches: list[dict]) -> dict:
 
 def _ne(logloss: float, batches: list[dict]) -> float:
     """Normalised entropy: the logloss over the entropy of the batches' base rate (training.metrics)."""
-    from rankcraft.training.metrics import entropy
 
     return logloss / entropy(float(torch.cat([b["label"] for b in batches]).double().mean()))
 
@@ -174,9 +177,6 @@ def _train_loop(ctx, model, params_groups, step_fn, *, steps: int, ckpt_path, ev
 
 
 def run_oneshot(ctx) -> None:
-    from rankcraft.search.cost import arch_flops
-    from rankcraft.search.supernet import Supernet
-
     cfg = ctx.cfg.oneshot
     bs = cfg.batch_size or int(ctx.cfg.train.get("batch_size", 4096))
     torch.manual_seed(ctx.cfg.seed)
@@ -207,8 +207,6 @@ def run_oneshot(ctx) -> None:
                dynamic_ncols=True)
 
     def score(archs: list[Arch]) -> list[float]:
-        from rankcraft.search.runner import arch_key
-
         out = []
         for a in archs:
             key = arch_key(a, "supernet")
@@ -240,8 +238,6 @@ def run_oneshot(ctx) -> None:
 
 
 def run_dnas(ctx) -> None:
-    from rankcraft.search.dnas import DnasSupernet
-
     cfg = ctx.cfg.dnas
     bs = cfg.batch_size or int(ctx.cfg.train.get("batch_size", 4096))
     n = len(cfg.lambdas)

@@ -11,7 +11,7 @@ uses slices of those weights:
   output is the leading part of the widest), so slots line up across subnets.
 * DLRM pairs ``(a, b)`` of the concatenated fields map to pairs ``(P_a, P_b)`` of the maximal field layout.
 
-Because the subnet computes with exactly the weights a standalone :class:`~rankcraft.search.network.ArchNet`
+Because the subnet computes with exactly the weights a standalone :class:`~rankcraft.models.arch.network.ArchNet`
 would hold, :meth:`Supernet.export` copies them across and the two give the same outputs (tested).
 
 Path sampling (:meth:`Supernet.train_steps`): the first ``warmup`` fraction of steps samples the largest path
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
+from rankcraft.models.arch.format import Arch
+from rankcraft.models.arch.network import ArchNet, raw_embedding_features
 from rankcraft.nn import DotInteraction, FeatureEmbedding, FieldSelfAttention
-from rankcraft.search.arch import Arch
-from rankcraft.search.network import ArchNet, raw_embedding_features
 from rankcraft.search.space import SearchSpace
 
 #: activations the functional supernet (and the DNAS mixture built on it) supports

@@ -21,7 +21,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,8 +33,10 @@ from tqdm.auto import tqdm
 
 from rankcraft.data.dataset import ColumnData
 from rankcraft.errors import CheckpointError
-from rankcraft.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from rankcraft.training.metrics import HIGHER_IS_BETTER, compute_metrics
+from rankcraft.files import atomic_write_text
+from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
+from rankcraft.training.evaluation import autocast, evaluate
+from rankcraft.training.metrics import HIGHER_IS_BETTER
 
 
 class TrainConfig(BaseModel):
@@ -84,38 +85,6 @@ class FitResult:
 
 class StopTraining(Exception):
     """Raised by a callback to stop training immediately (used to simulate interruptions in tests)."""
-
-
-def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-@torch.no_grad()
-def predict_proba(model: nn.Module, data: ColumnData, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
-    """Probabilities for every row of ``data``, in row order."""
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for batch in data.batches(batch_size):
-            with _autocast(bf16):
-                logits = model(batch)
-            out.append(torch.sigmoid(logits.float()))
-    finally:
-        model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
-
-
-def evaluate(model: nn.Module, data: ColumnData, *, batch_size: int = 16384, bf16: bool = False) -> dict:
-    """Metrics of ``model`` on ``data`` (GAUC when the data has a ``group`` column), plus inference rows/s."""
-    t0 = time.perf_counter()
-    p = predict_proba(model, data, batch_size=batch_size, bf16=bf16)
-    dt = time.perf_counter() - t0
-    y = data.columns["label"].numpy()
-    g = data.columns["group"].numpy() if "group" in data.columns else None
-    m = compute_metrics(y, p, g)
-    m["inference_rows_per_s"] = len(y) / dt if dt > 0 else float("nan")
-    return m
 
 
 class Trainer:
@@ -208,7 +177,7 @@ class Trainer:
     def _train_step(self, batch: dict[str, torch.Tensor]) -> float:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        with _autocast(self.cfg.bf16):
+        with autocast(self.cfg.bf16):
             logits = self.forward(batch)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
         total = loss + self.regularization() if (self.cfg.embedding_l2 or self.cfg.net_l2) else loss

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from rankcraft.data.features import FeatureSet
 from rankcraft.errors import ConfigError
-from rankcraft.search.arch import Arch, DenseNode, SparseNode
+from rankcraft.models.arch.format import Arch, DenseNode, SparseNode
 
 
 def dense_node_flops(node: DenseNode, in_widths: list[int], in_fields: int, d: int) -> tuple[float, int]:

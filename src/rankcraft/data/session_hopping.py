@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from rankcraft.data.dataset import DataSource
 from rankcraft.data.readers import RawTable
-from rankcraft.data.recipes import recipe
+from rankcraft.data.registry import recipe
 from rankcraft.data.schema import FeatureSpec, Schema
 
 T0 = 1_600_000_000  # first timestamp (unix seconds)

@@ -1,15 +1,15 @@
 """A searched architecture as a zoo model: ``model: arch`` with ``params: {arch: {...}}``.
 
-The architecture format and its math are documented in :mod:`rankcraft.search.arch`; the module is built by
-:class:`rankcraft.search.network.ArchNet` from the shared operator library.
+The architecture format and its math are documented in :mod:`rankcraft.models.arch.format`; the module is built by
+:class:`rankcraft.models.arch.network.ArchNet` from the shared operator library.
 """
 
 from __future__ import annotations
 
 from rankcraft.data.features import FeatureSet
+from rankcraft.models.arch.format import Arch
+from rankcraft.models.arch.network import ArchNet
 from rankcraft.models.registry import ModelParams, register_model
-from rankcraft.search.arch import Arch
-from rankcraft.search.network import ArchNet
 
 
 @register_model("arch")

@@ -1,6 +1,6 @@
 """Zoo models written as points of the architecture space, so a search can start from human designs.
 
-:func:`zoo_arch` maps a zoo model name and its hyperparameters to an :class:`~rankcraft.search.arch.Arch` that
+:func:`zoo_arch` maps a zoo model name and its hyperparameters to an :class:`~rankcraft.models.arch.format.Arch` that
 computes the same function with the same operators (and therefore the same FLOPs). Supported: ``dnn``, ``deepfm``,
 ``dcnv2`` (parallel / stacked / crossnet-only, full-rank), ``dlrm`` (``interaction_op`` dot or cat, on data with
 numeric features: the zoo's learned dense vector for data without them has no counterpart in the space) and
@@ -11,8 +11,8 @@ MLPs of at most one hidden layer, one activation for both towers and the gates).
 from __future__ import annotations
 
 from rankcraft.errors import ConfigError
-from rankcraft.models.registry import validate_params
-from rankcraft.search.arch import Arch
+from rankcraft.models.arch.format import Arch
+from rankcraft.models.catalog import validate_params
 
 
 def _tower(first_inputs: dict, units: list[int], start: int) -> tuple[list[dict], int]:

@@ -1,4 +1,4 @@
-"""Materialise an :class:`~rankcraft.search.arch.Arch` into a standalone ``nn.Module`` built from the operator
+"""Materialise an :class:`~rankcraft.models.arch.format.Arch` into a standalone ``nn.Module`` built from the operator
 library (``rankcraft.nn``). The module returns logits ``[B]`` like every zoo model; it is registered in the zoo as
 model ``arch`` (``params: {arch: {...}}``), so the trainer, checkpoints, ``rankcraft train --arch`` and
 ``load_run`` treat it like any other model.
@@ -14,6 +14,7 @@ from torch import nn
 
 from rankcraft.data.features import FeatureSet
 from rankcraft.errors import ConfigError
+from rankcraft.models.arch.format import Arch, DenseNode, SparseNode
 from rankcraft.nn import (
     EFC,
     FM,
@@ -26,7 +27,6 @@ from rankcraft.nn import (
 )
 from rankcraft.nn.gating import SigmoidGating
 from rankcraft.nn.mlp import activation
-from rankcraft.search.arch import Arch, DenseNode, SparseNode
 
 
 def raw_embedding_features(features: FeatureSet, numeric_fields: bool) -> FeatureSet:
@@ -52,7 +52,7 @@ class Post(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    """One dense node (see :mod:`rankcraft.search.arch` for each op's math). ``forward(xs, es) -> [B, out_dim]``
+    """One dense node (see :mod:`rankcraft.models.arch.format` for each op's math). ``forward(xs, es) -> [B, out_dim]``
     where ``xs`` are the dense (and flattened sparse) inputs ``[B, w_j]`` in order, ``es`` the sparse inputs
     ``[B, F_j, d]`` and ``raw`` the raw field embeddings ``[B, F0, d]`` (read by ``fsgate`` for its context).
     ``raw_fields`` names the raw fields in order (to resolve an ``fsgate`` context)."""

@@ -1,0 +1,56 @@
+"""Which data a run uses, as a validated config section (``data:`` in a run or search config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rankcraft.data.catalog import get_source, schema_source
+from rankcraft.data.dataset import DataSource, PreparedData, prepare
+from rankcraft.data.schema import Schema
+from rankcraft.errors import ConfigError
+
+
+class DataSpec(BaseModel):
+    """Which data to train on: a built-in ``recipe`` (with ``data_dir``) or a ``schema`` (YAML path or mapping)
+    with ``train`` / ``valid`` / ``test`` files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: str | None = None
+    data_dir: str | None = None
+    schema_file: str | None = None
+    schema_inline: dict | None = Field(default=None, alias="schema")
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    rows: int | None = Field(default=None, ge=10)  # synthetic recipe only
+    seed: int = 0
+    valid_fraction: float = Field(default=0.1, gt=0, lt=1)
+    options: dict = Field(default_factory=dict)  # recipe-specific options, e.g. {max_len: 100} for ml-100k-seq
+
+    def source(self) -> DataSource:
+        if self.recipe:
+            opts = dict(self.options)
+            if self.recipe == "synthetic":
+                opts.update(rows=self.rows or 50_000, seed=self.seed)
+            try:
+                return get_source(self.recipe, self.data_dir, **opts)
+            except TypeError as exc:
+                raise ConfigError(f"data.options: {exc}") from None
+        if self.schema_file or self.schema_inline is not None:
+            schema = (Schema.from_yaml(self.schema_file) if self.schema_file
+                      else Schema.from_dict(self.schema_inline, origin="data.schema"))
+            if not self.train:
+                raise ConfigError("data: a schema needs a 'train' file")
+            return schema_source(schema, self.train, self.valid, self.test, valid_fraction=self.valid_fraction,
+                                 seed=self.seed)
+        raise ConfigError("data: give a 'recipe' (e.g. frappe_x1) or a 'schema' with 'train' (and 'valid') files")
+
+
+def prepare_spec(spec: DataSpec | dict, cache_dir: str | Path | None = None) -> PreparedData:
+    """Prepare (or load from the cache) the data a spec names."""
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec.model_validate(spec)
+    return prepare(spec.source(), cache_dir=cache_dir)

@@ -1,0 +1,157 @@
+"""A training run and its run directory.
+
+>>> from rankcraft.training.run import RunConfig, train
+>>> run = train(RunConfig(data={"recipe": "synthetic", "rows": 20000}, model="dcnv2", train={"epochs": 2}),
+...             out="runs/dcnv2")
+
+A run directory holds ``config.json`` (the resolved :class:`RunConfig`), ``features.json`` and ``encoders.json``
+(fitted on the training split), ``metrics.jsonl`` (one line per epoch), ``report.json`` (final metrics, FLOPs,
+parameters, timings), ``best.pt`` (best weights) and ``last.pt`` (state to resume from). This module writes that
+format, so it is also the one that reads it back (:func:`load_run`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from rankcraft.config import parse_model, read_config_yaml
+from rankcraft.data.dataset import ColumnData, PreparedData
+from rankcraft.data.encoders import Encoders
+from rankcraft.data.features import FeatureSet
+from rankcraft.data.spec import DataSpec, prepare_spec
+from rankcraft.errors import CheckpointError
+from rankcraft.files import atomic_write_json, atomic_write_text
+from rankcraft.models.catalog import build_model, validate_params
+from rankcraft.training.checkpoint import load_checkpoint
+from rankcraft.training.evaluation import evaluate as evaluate_data
+from rankcraft.training.profile import count_parameters, flops_per_example, slice_batch
+from rankcraft.training.trainer import FitResult, TrainConfig, Trainer
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a training run."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    data: DataSpec = Field(default_factory=lambda: DataSpec(recipe="synthetic"))
+    model: str = "dnn"
+    params: dict = Field(default_factory=dict)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @classmethod
+    def parse(cls, obj: dict, origin: str = "<config>") -> "RunConfig":
+        cfg = parse_model(cls, obj, origin)
+        validate_params(cfg.model, cfg.params)
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        return cls.parse(read_config_yaml(path), str(path))
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path | None
+    model: nn.Module
+    data: PreparedData
+    fit: FitResult
+    report: dict
+
+
+def _sample_batch(data: ColumnData, n: int = 256) -> dict:
+    return slice_batch(next(data.batches(n)), n)
+
+
+def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bool = False,
+          cache_dir: str | Path | None = None, data: PreparedData | None = None) -> RunResult:
+    """Train one model; with ``out`` everything is written to that run directory (resumable with ``resume``)."""
+    if isinstance(config, dict):
+        config = RunConfig.parse(config)
+    run_dir = Path(out) if out is not None else None
+    if run_dir is not None:
+        if resume:
+            if not (run_dir / "config.json").exists():
+                raise CheckpointError(f"{run_dir}: not a run directory (no config.json) — nothing to resume")
+            config = RunConfig.parse(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
+        elif (run_dir / "last.pt").exists():
+            raise CheckpointError(f"{run_dir}: holds a previous run; pass --resume to continue it or choose "
+                                  "another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if data is None:
+        data = prepare_spec(config.data, cache_dir)
+    prep_seconds = time.perf_counter() - t0
+    if not config.train.quiet:
+        for msg in data.skipped:
+            print(f"warning: {msg}")
+    torch.manual_seed(config.train.seed)  # the initial weights are part of the seeded run
+    model = build_model(config.model, data.features, config.params)
+    if run_dir is not None:
+        atomic_write_json(run_dir / "config.json", config.to_dict())
+        atomic_write_text(run_dir / "encoders.json", data.encoders.to_json())
+        atomic_write_json(run_dir / "features.json", data.features.to_dict())
+    trainer = Trainer(model, config.train, run_dir)
+    fit = trainer.fit(data.splits["train"], data.splits["valid"], resume=resume)
+    sample = _sample_batch(data.splits["valid"])
+    report = {
+        "model": config.model,
+        "dataset": data.name,
+        "best_epoch": fit.best_epoch,
+        "valid": {k: v for k, v in fit.best_metrics.items() if k in ("auc", "logloss", "ne", "gauc", "calibration",
+                                                                      "rows")},
+        "params": count_parameters(model),
+        "flops_per_example": flops_per_example(model, sample),
+        "train_rows_per_s": fit.train_rows_per_s,
+        "inference_rows_per_s": fit.best_metrics.get("inference_rows_per_s"),
+        "train_seconds": fit.train_seconds,
+        "prepare_seconds": prep_seconds,
+        "prepared_from_cache": data.from_cache,
+        "epochs_run": len(fit.history),
+        "steps": fit.steps,
+        "stopped_early": fit.stopped_early,
+        "skipped_rows": data.skipped,
+    }
+    if "test" in data.splits and len(data.splits["test"]):
+        m = evaluate_data(model, data.splits["test"], batch_size=config.train.eval_batch_size, bf16=config.train.bf16)
+        report["test"] = {k: v for k, v in m.items() if k != "inference_rows_per_s"}
+    if run_dir is not None:
+        atomic_write_json(run_dir / "report.json", report)
+    return RunResult(run_dir, model, data, fit, report)
+
+
+# --------------------------------------------------------------------------------------------- using a run
+@dataclass
+class LoadedRun:
+    config: RunConfig
+    model: nn.Module
+    encoders: Encoders
+    features: FeatureSet
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild the trained model of a run directory (best weights) with its encoders."""
+    run_dir = Path(run_dir)
+    for f in ("config.json", "encoders.json", "features.json", "best.pt"):
+        if not (run_dir / f).exists():
+            raise CheckpointError(f"{run_dir}: not a finished run directory ({f} is missing)")
+    config = RunConfig.parse(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
+    encoders = Encoders.from_json((run_dir / "encoders.json").read_text())
+    features = FeatureSet.from_dict(json.loads((run_dir / "features.json").read_text()))
+    model = build_model(config.model, features, config.params)
+    state = load_checkpoint(run_dir / "best.pt")
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{run_dir / 'best.pt'}: does not match the run's model: {exc}") from None
+    model.eval()
+    return LoadedRun(config, model, encoders, features)

@@ -163,7 +163,7 @@ def test_prepare_writes_then_loads_the_cache(tmp_path, files):
     assert_same(first, second)
     assert set(first.splits) == {"train", "valid"}
     assert len(first.splits["train"]) == 200 and len(first.splits["valid"]) == 50
-    assert set(first.splits["train"].columns) == {"label", "cat", "num", "tags", "group"}
+    assert set(first.splits["train"].columns) == {"label", "label/label", "cat", "num", "tags", "group"}
 
 
 def test_prepare_uses_env_cache_dir_by_default(tmp_path, files, monkeypatch):
@@ -322,7 +322,7 @@ def test_valid_split_carved_from_train(tmp_path):
 def test_encoders_fitted_on_carved_train_only():
     s = Schema.from_dict({"labels": ["label"], "features": [{"name": "c", "type": "categorical"}]})
     vals = [f"v{i}" for i in range(20)]
-    raw = RawTable(pa.table({"label": ["0"] * 20, "c": vals}), "<mem>", 0, "memory")
+    raw = RawTable(pa.table({"label": ["0", "1"] * 10, "c": vals}), "<mem>", 0, "memory")
     enc, splits, _ = encode_splits({"train": raw}, s, valid_fraction=0.25, seed=0)
     assert len(splits["valid"]) == 5 and len(splits["train"]) == 15
     assert len(enc.state["c"]["vocab"]["values"]) == 15
@@ -364,7 +364,7 @@ def test_encode_file_without_label_column(tmp_path, files):
     a, raw_a = encode_file(data.encoders, labelled)
     b, raw_b = encode_file(data.encoders, unlabelled, require_labels=False)
     assert len(a) == len(b) == 2 and raw_b.num_rows == 2
-    assert b.columns["label"].tolist() == [0.0, 0.0] and a.columns["label"].tolist() == [1.0, 0.0]
+    assert "label" not in b.columns and a.columns["label"].tolist() == [1.0, 0.0]
     for k in ("cat", "num", "tags"):
         assert torch.equal(a.columns[k], b.columns[k])
     assert a.columns["cat"][1, 0].item() == 1  # unseen user -> OOV
@@ -441,5 +441,5 @@ def test_bug_encode_file_headerless_without_labels(tmp_path):
     pred = tmp_path / "pred.csv"
     pred.write_text("u,1\nw,2\n")
     cd, _ = encode_file(data.encoders, pred, require_labels=False)
-    assert cd.columns["label"].tolist() == [0.0, 0.0]
+    assert "label" not in cd.columns
     assert cd.columns["cat"][:, 0].tolist() == [2, 1]

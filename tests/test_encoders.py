@@ -18,8 +18,8 @@ from rankcraft.errors import DataError
 
 def table(**cols: list[str]) -> RawTable:
     n = len(next(iter(cols.values())))
-    if "label" not in cols:
-        cols = {"label": ["0"] * n, **cols}
+    if "label" not in cols:  # both classes (a one-class training label is an error)
+        cols = {"label": [str(i % 2) for i in range(n)], **cols}
     return RawTable(pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()}), "<mem>", 0, "memory")
 
 
@@ -271,11 +271,13 @@ def test_multiple_labels_and_group():
                            "c": ["a", "b", "a"]}), "<mem>", 0, "memory")
     enc, (out,) = fit_transform(s, t)
     assert out["label"].dtype == np.float32 and out["label"].tolist() == [1, 0, 1]
-    assert out["labels"].shape == (3, 2) and out["labels"].tolist() == [[1, 0], [0, 0], [1, 1]]
+    assert out["label/click"].tolist() == [1, 0, 1] and out["label/conv"].tolist() == [0, 0, 1]
+    assert "labels" not in out
     g = out["group"]
     assert g.dtype == np.int64 and g[0] == g[2] != g[1]
     fs = enc.feature_set()
     assert fs.labels == ("click", "conv") and fs.has_group
+    assert fs.label_kinds == {"click": "binary", "conv": "binary"}
 
 
 def test_single_label_has_no_labels_key_and_no_group():
@@ -333,7 +335,7 @@ def test_json_round_trip_gives_identical_transforms():
     assert back.feature_set() == enc.feature_set()
     for t in (train, valid):
         a, b = enc.transform(t), back.transform(t)
-        assert a.keys() == b.keys() == {"label", "cat", "num", "tags", "hist", "hist__ts", "group"}
+        assert a.keys() == b.keys() == {"label", "label/label", "cat", "num", "tags", "hist", "hist__ts", "group"}
         for k in a:
             assert a[k].dtype == b[k].dtype
             np.testing.assert_array_equal(a[k], b[k])

@@ -12,6 +12,7 @@ from rankcraft.data.dataset import encode_splits, prepare
 from rankcraft.data.catalog import get_source
 from rankcraft.data.session_hopping import make_session_hopping, session_hopping_raw
 from rankcraft.models.catalog import build_model
+from rankcraft.models.output import ModelOutput
 from rankcraft.nn.mos import MixtureOfSequence, load_balancing_loss, segment_sessions, theme_subsequences
 from rankcraft.training.trainer import TrainConfig, Trainer
 
@@ -149,8 +150,9 @@ def test_mos_trains_and_round_trips(small_hopping, backbone, tmp_path):
     train = splits["train"]
     before = _bce(model, train)
     model.train()
-    model(next(train.batches(64)))
-    assert isinstance(model.aux_loss, torch.Tensor) and model.aux_loss.item() > 0
+    out = model(next(train.batches(64)))
+    assert isinstance(out, ModelOutput) and out.heads == ["score"]
+    assert isinstance(out.aux_loss, torch.Tensor) and out.aux_loss.item() > 0
     Trainer(model, TrainConfig(epochs=6, batch_size=64, lr=1e-2, quiet=True, lr_schedule="constant",
                                early_stopping_patience=6)).fit(train, splits["valid"])
     after = _bce(model, train)
@@ -158,7 +160,7 @@ def test_mos_trains_and_round_trips(small_hopping, backbone, tmp_path):
     model.eval()
     batch = splits["valid"].columns
     p1 = model(batch)
-    assert model.aux_loss is None
+    assert isinstance(p1, torch.Tensor)  # eval mode: plain logits, no aux loss
     torch.save(model.state_dict(), tmp_path / "w.pt")
     fresh = build_model("mos", fs, params)
     fresh.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
@@ -180,8 +182,9 @@ def test_mos_options_forward_backward(small_hopping, opts):
     batch = next(splits["train"].batches(64))
     model.train()
     out = model(batch)
-    assert out.shape == (64,) and torch.isfinite(out).all()
-    (torch.nn.functional.binary_cross_entropy_with_logits(out, batch["label"]) + model.aux_loss).backward()
+    logit = out.logits["score"]
+    assert logit.shape == (64,) and torch.isfinite(logit).all()
+    (torch.nn.functional.binary_cross_entropy_with_logits(logit, batch["label"]) + out.aux_loss).backward()
     assert model.mos.router.prototypes.grad is not None
     theme = model.route(batch)
     assert ((theme >= 0) <= (batch["hist_items"] != 0)).all()     # no theme at padding

@@ -62,7 +62,7 @@ def test_criteo_sample(shared_data):
     path = shared_data("samples", "deepctr", "criteo_sample.txt")
     src = get_source("criteo", data_dir=str(path))
     s = src.schema
-    assert s.column_names is None and s.delimiter == "," and s.labels == ["label"]
+    assert s.column_names is None and s.delimiter == "," and s.label_names == ["label"]
     assert src.files == {"train": str(path)}
     data = prepare(src, use_cache=False)
     fs = data.features
@@ -84,7 +84,7 @@ def test_criteo_sample(shared_data):
 def test_avazu_sample(shared_data):
     path = shared_data("samples", "deepctr", "avazu_sample.txt")
     src = get_source("avazu", data_dir=str(path))
-    assert src.schema.labels == ["click"]
+    assert src.schema.label_names == ["click"]
     data = prepare(src, use_cache=False)
     fs = data.features
     assert [f.name for f in fs.categorical] == ["hour"] + AVAZU_CATEGORICAL

@@ -51,7 +51,7 @@ def minimal(**extra) -> dict:
 # ------------------------------------------------------------------------------------------------ valid files
 def test_load_valid_yaml(tmp_path):
     s = Schema.from_yaml(write(tmp_path, FULL_YAML))
-    assert s.labels == ["label"]
+    assert s.label_names == ["label"]
     assert s.user_column == "user"
     assert s.on_error == "raise"
     assert [f.name for f in s.features] == ["user", "item", "price", "genres", "clicks"]

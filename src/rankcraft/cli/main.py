@@ -109,14 +109,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _fmt_metrics(m: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
+                     if k != "rows" and not k.endswith("/rows"))
+
+
 def _print_report(report: dict, out: str) -> None:
-    v = report["valid"]
-    line = (f"{report['model']} on {report['dataset']}: valid auc {v['auc']:.4f}  logloss {v['logloss']:.4f}  "
-            f"ne {v['ne']:.4f}")
-    if "gauc" in v:
-        line += f"  gauc {v['gauc']:.4f}"
-    print(line)
-    print(f"best epoch {report['best_epoch']}  params {report['params']:,}  "
+    from rankcraft.serving.predictor import nest_by_head
+
+    v = nest_by_head(report["valid"])
+    flat = {k: x for k, x in v.items() if not isinstance(x, dict)}
+    print(f"{report['model']} on {report['dataset']}: valid {_fmt_metrics(flat)}".rstrip())
+    for head, m in v.items():
+        if isinstance(m, dict):
+            print(f"  {head}: {_fmt_metrics(m)}")
+    print(f"best epoch {report['best_epoch']} (monitor {report.get('monitor', 'auc')})  params {report['params']:,}  "
           f"flops/example {report['flops_per_example']:,.0f}  train {report['train_rows_per_s']:,.0f} rows/s")
     print(f"run directory: {out}")
 
@@ -129,7 +136,11 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(m))
     else:
         for k, v in m.items():
-            print(f"{k:12s} {v}")
+            if isinstance(v, dict):
+                for name, x in v.items():
+                    print(f"{k + '/' + name:20s} {x}")
+            else:
+                print(f"{k:20s} {v}")
     return 0
 
 
@@ -137,11 +148,15 @@ def cmd_predict(args) -> int:
     from rankcraft import api
 
     p = api.predict(args.run_dir, args.file, args.out)
+    heads = p if isinstance(p, dict) else {"score": p}
+    n = len(next(iter(heads.values())))
     if args.out is None:
-        for x in p:
-            print(f"{x:.6f}")
+        if len(heads) > 1:
+            print(",".join(heads))
+        for row in zip(*heads.values()):
+            print(",".join(f"{x:.6f}" for x in row))
     else:
-        print(f"wrote {len(p)} scores to {args.out}")
+        print(f"wrote {n} rows of {', '.join(heads)} to {args.out}")
     return 0
 
 

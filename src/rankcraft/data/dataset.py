@@ -20,17 +20,18 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import numpy as np
 import torch
 
 from rankcraft.data.encoders import Encoders, describe_skips, validate_table
-from rankcraft.data.features import FeatureSet
-from rankcraft.data.readers import RawTable, available_columns, file_digest, read_table
+from rankcraft.data.features import FeatureSet, label_key
+from rankcraft.data.readers import RawTable, file_digest, read_table
 from rankcraft.data.schema import Schema
 from rankcraft.errors import DataError
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: one "label/<name>" column per label
 
 
 def default_cache_dir() -> Path:
@@ -86,12 +87,12 @@ class ColumnData:
     # -- persistence: one .npy per column -----------------------------------------------------------
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        for k, v in self.columns.items():
-            np.save(directory / f"{k}.npy", v.numpy())
+        for k, v in self.columns.items():  # keys may hold '/' (label/<name>): percent-encoded file names
+            np.save(directory / f"{quote(k, safe='')}.npy", v.numpy())
 
     @classmethod
     def load(cls, directory: Path) -> "ColumnData":
-        return cls.from_numpy({p.stem: np.load(p) for p in sorted(directory.glob("*.npy"))})
+        return cls.from_numpy({unquote(p.stem): np.load(p) for p in sorted(directory.glob("*.npy"))})
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -178,7 +179,29 @@ def encode_splits(raw: dict[str, RawTable], schema: Schema, *, valid_fraction: f
         checked["train"] = train
     enc = Encoders.fit(train, schema)
     splits = {split: ColumnData.from_numpy(enc.transform(t)) for split, t in checked.items()}
+    skipped += _check_label_classes(splits, schema, train.path)
     return enc, splits, skipped
+
+
+def _check_label_classes(splits: dict[str, ColumnData], schema: Schema, train_path: str | None) -> list[str]:
+    """A binary label with one class in the training split is an error (nothing to learn, AUC undefined); in
+    another split it is a warning (its AUC will be reported as null)."""
+    warnings = []
+    for spec in schema.labels:
+        if spec.kind != "binary":
+            continue
+        for split, data in splits.items():
+            y = data.columns[label_key(spec.name)]
+            if len(y) == 0:
+                continue
+            rate = float(y.mean())
+            if rate in (0.0, 1.0):
+                what = f"label '{spec.name}' has one class only (all {int(rate)}) in the {split} split"
+                if split == "train":
+                    raise DataError(f"{what}: there is nothing to learn; check the label column "
+                                    f"'{spec.raw_column}' (or its threshold/map)", path=train_path)
+                warnings.append(f"{what}: its AUC is undefined and will be reported as null")
+    return warnings
 
 
 def prepare(source: DataSource, *, cache_dir: str | Path | None = None, use_cache: bool = True) -> PreparedData:
@@ -250,25 +273,19 @@ def _first_record_width(path: str | Path, delimiter: str) -> int:
 def encode_file(encoders: Encoders, path: str | Path, *, require_labels: bool = True) -> tuple[ColumnData, RawTable]:
     """Encode a new file with fitted encoders (evaluation / prediction). Unseen categories map to OOV.
 
-    With ``require_labels=False`` the label columns may be absent (prediction input); their values are then 0.
+    With ``require_labels=False`` (prediction input) labels are neither needed nor read: the label columns may be
+    absent or blank, and the result has no label keys.
     """
-    import pyarrow as pa
-
     schema = encoders.schema
     cols = schema.required_columns()
-    absent: list[str] = []
     column_names = schema.column_names
+    label_cols = schema.label_columns
     if not require_labels:
-        present = available_columns(path, delimiter=schema.delimiter, column_names=column_names)
         if column_names is not None and _first_record_width(path, schema.delimiter) == \
-                len(column_names) - len(schema.labels):
-            present = [c for c in column_names if c not in schema.labels]  # headerless file without label field(s)
-            column_names = present
-        absent = [c for c in schema.labels if c not in present]
-        cols = [c for c in cols if c not in absent]
+                len(column_names) - len(label_cols):
+            column_names = [c for c in column_names if c not in label_cols]  # headerless file without labels
+        cols = [c for c in cols if c not in label_cols]
     raw = read_table(path, cols, delimiter=schema.delimiter, column_names=column_names,
                      on_error=schema.on_error)
-    for c in absent:
-        raw.table = raw.table.append_column(c, pa.array(["0"] * raw.num_rows, pa.string()))
-    raw = validate_table(raw, schema)
-    return ColumnData.from_numpy(encoders.transform(raw)), raw
+    raw = validate_table(raw, schema, labels=require_labels)
+    return ColumnData.from_numpy(encoders.transform(raw, labels=require_labels)), raw

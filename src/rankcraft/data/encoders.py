@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.data.readers import RawTable
-from rankcraft.data.schema import FeatureSpec, Schema
+from rankcraft.data.features import label_key
+from rankcraft.data.schema import FeatureSpec, LabelSpec, Schema
 from rankcraft.errors import DataError
 
 PAD, OOV, FIRST_ID = 0, 1, 2
@@ -207,14 +208,23 @@ class Encoders:
         owner = spec.share_vocab_with or spec.name
         return Vocabulary.from_dict(self.state[owner]["vocab"])
 
-    def transform(self, raw: RawTable) -> dict[str, np.ndarray]:
-        """Encode a validated table into column arrays (see :mod:`rankcraft.data.features` for the layout)."""
+    def transform(self, raw: RawTable, *, labels: bool = True) -> dict[str, np.ndarray]:
+        """Encode a validated table into column arrays (see :mod:`rankcraft.data.features` for the layout).
+        ``labels=False`` encodes the features only (scoring input needs no labels)."""
         n = raw.num_rows
         out: dict[str, np.ndarray] = {}
-        labels = [_parse_labels(raw, c) for c in self.schema.labels]
-        out["label"] = labels[0].astype(np.float32)
-        if len(labels) > 1:
-            out["labels"] = np.stack(labels, axis=1).astype(np.float32)
+        if labels:
+            first = None
+            for spec in self.schema.labels:
+                y, problems = label_values(raw, spec)
+                if problems:  # validate_table ran first, so this only happens for unvalidated tables
+                    row, why = problems[0]
+                    raise raw.error(row, spec.raw_column, why)
+                out[label_key(spec.name)] = y.astype(np.float32)
+                if first is None and spec.kind != "weight":
+                    first = out[label_key(spec.name)]
+            if first is not None:
+                out["label"] = first
         cats, nums = [], []
         for spec in self.schema.features:
             col = _column(raw, spec.raw_column)
@@ -270,8 +280,8 @@ class Encoders:
                 max_len=spec.max_len if spec.type in ("multi_categorical", "sequence") else 1,
                 embedding_table=spec.share_vocab_with or spec.name,
                 has_timestamps=spec.timestamp_column is not None))
-        # categorical (incl. bucketized numerics) first, as in the batch's "cat" column order
-        return FeatureSet(features=tuple(infos), labels=tuple(self.schema.labels),
+        return FeatureSet(features=tuple(infos), labels=tuple(self.schema.label_names),
+                          label_kinds={lab.name: lab.kind for lab in self.schema.labels},
                           has_group=self.schema.user_column is not None)
 
     # ------------------------------------------------------------------ JSON
@@ -312,33 +322,56 @@ def _numeric_values(raw: RawTable, spec: FeatureSpec) -> np.ndarray:
     return x
 
 
-def _parse_labels(raw: RawTable, column: str) -> np.ndarray:
-    y = parse_floats(_column(raw, column))
-    if y is None:
-        raise raw.error(_bad_float_rows(_column(raw, column))[0], column, "label is not a number")
-    return y
+_KIND_RULE = {
+    "binary": ("must be 0 or 1", lambda y: (y == 0) | (y == 1)),
+    "soft": ("must be a probability in [0, 1]", lambda y: (y >= 0) & (y <= 1)),
+    "regression": ("must be a finite number", np.isfinite),
+    "weight": ("must be a non-negative number", lambda y: np.isfinite(y) & (y >= 0)),
+}
 
 
-def _label_problems(raw: RawTable, column: str) -> list[tuple[int, str]]:
-    """Every row whose label is not 0 or 1 (unparseable, missing or out of range), in row order."""
-    col = _column(raw, column)
-    y, unparseable = _lenient_floats(col)
-    problems = [(i, "label is not a number") for i in unparseable]
-    bad_set = set(unparseable)
-    out_of_range = [int(i) for i in np.flatnonzero(~((y == 0) | (y == 1))) if int(i) not in bad_set]
+def label_values(raw: RawTable, spec: LabelSpec) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """The label's values (float64, after ``map``/``threshold``) and every row whose value does not fit the
+    label's kind (unparseable, missing, unmapped or out of range), in row order. Bad rows hold NaN."""
+    col = _column(raw, spec.raw_column)
+    problems: list[tuple[int, str]] = []
+    if spec.map is not None:
+        keys = list(spec.map)
+        idx = pc.index_in(pc.utf8_trim_whitespace(col), value_set=pa.array(keys, pa.string()))
+        missing = pc.is_null(idx).to_numpy(zero_copy_only=False)
+        table = np.array([spec.map[k] for k in keys] + [np.nan], dtype=np.float64)
+        y = table[pc.fill_null(idx, len(keys)).to_numpy(zero_copy_only=False)]
+        bad = np.flatnonzero(missing)
+        if len(bad):
+            vals = col.take(pa.array(bad)).to_pylist()
+            problems += [(int(i), f"label value {v!r} is not in the label's map (keys: {', '.join(keys)})"
+                          if v is not None and v.strip() else "label is missing") for i, v in zip(bad, vals)]
+    else:
+        y, unparseable = _lenient_floats(col)
+        problems += [(i, "label is not a number") for i in unparseable]
+        if spec.threshold is not None:
+            y = np.where(np.isfinite(y), (y >= spec.threshold).astype(np.float64), np.nan)
+    known = {i for i, _ in problems}
+    what, rule = _KIND_RULE[spec.kind]
+    with np.errstate(invalid="ignore"):
+        out_of_range = [int(i) for i in np.flatnonzero(~rule(y)) if int(i) not in known]
     if out_of_range:
         vals = col.take(pa.array(out_of_range)).to_pylist()
-        problems += [(i, f"label must be 0 or 1, found {v!r}" if v.strip() else "label is missing")
+        name = "label" if spec.kind == "binary" else f"{spec.kind} label"
+        problems += [(i, f"{name} {what}, found {v!r}" if v is not None and v.strip() else "label is missing")
                      for i, v in zip(out_of_range, vals)]
-    return sorted(problems)
+    if problems:
+        y = y.copy()
+        y[[i for i, _ in problems]] = np.nan
+    return y, sorted(problems)
 
 
-def validate_table(raw: RawTable, schema: Schema) -> RawTable:
+def validate_table(raw: RawTable, schema: Schema, *, labels: bool = True) -> RawTable:
     """Find bad labels and unparseable numbers. ``on_error: raise`` → :class:`DataError` at the first bad cell
     (file, line, column); ``skip`` → the rows are dropped and recorded in ``raw.skipped``."""
     problems: list[tuple[int, str, str]] = []  # (row, column, reason)
-    for c in schema.labels:
-        problems += [(r, c, why) for r, why in _label_problems(raw, c)]
+    for spec in schema.labels if labels else []:
+        problems += [(r, spec.raw_column, why) for r, why in label_values(raw, spec)[1]]
         if problems and schema.on_error == "raise":
             break
     for spec in schema.features:

@@ -14,7 +14,8 @@ Batch layout (a ``dict[str, Tensor]``, batch size ``B``) — the contract betwee
 * ``<name>__ts`` for a sequence with timestamps: ``DoubleTensor[B, max_len]`` in the file's units, e.g. unix
   seconds (0 at padding). float64 because float32 cannot resolve seconds at unix-time magnitudes; models take
   differences first and then cast.
-* ``"label"``: ``FloatTensor[B]`` (first label) and, for several labels, ``"labels"``: ``FloatTensor[B, T]``.
+* ``"label/<name>"``: ``FloatTensor[B]`` for every schema label (after its ``map``/``threshold``), and ``"label"``:
+  the first non-weight label again (what single-label code reads). Scoring input (``predict``) has no label keys.
 * ``"group"``: ``LongTensor[B]`` — user id for GAUC (only when the schema names a user column).
 
 Models read only the keys they need, so extra keys are harmless.
@@ -49,14 +50,29 @@ class FeatureInfo:
             object.__setattr__(self, "embedding_table", self.name)
 
 
+def label_key(name: str) -> str:
+    """The batch key of schema label ``name``."""
+    return f"label/{name}"
+
+
 @dataclass(frozen=True)
 class FeatureSet:
-    """Ordered fitted features plus label names."""
+    """Ordered fitted features plus the labels' names and kinds (binary, soft, regression, weight)."""
 
     features: tuple[FeatureInfo, ...]
     labels: tuple[str, ...] = ("label",)
     has_group: bool = False
     extra: dict = field(default_factory=dict, compare=False)
+    label_kinds: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        kinds = {n: self.label_kinds.get(n, "binary") for n in self.labels}
+        object.__setattr__(self, "label_kinds", kinds)
+
+    @property
+    def targets(self) -> list[str]:
+        """Labels a head can learn (every label but sample weights)."""
+        return [n for n in self.labels if self.label_kinds[n] != "weight"]
 
     # -- views ----------------------------------------------------------------
     @property
@@ -91,6 +107,7 @@ class FeatureSet:
         return {
             "features": [asdict(f) for f in self.features],
             "labels": list(self.labels),
+            "label_kinds": dict(self.label_kinds),
             "has_group": self.has_group,
             "extra": self.extra,
         }
@@ -100,6 +117,7 @@ class FeatureSet:
         return cls(
             features=tuple(FeatureInfo(**f) for f in d["features"]),
             labels=tuple(d.get("labels", ["label"])),
+            label_kinds=dict(d.get("label_kinds", {})),
             has_group=bool(d.get("has_group", False)),
             extra=dict(d.get("extra", {})),
         )

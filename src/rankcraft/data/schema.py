@@ -2,7 +2,7 @@
 
 A schema says which raw columns are labels and how every feature column is encoded. It can be written as YAML::
 
-    labels: [label]
+    labels: [label]              # or {name, column, kind: binary|soft|regression|weight, threshold, map}
     user_column: user            # optional: groups for GAUC
     delimiter: ","
     features:
@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from rankcraft.config import format_validation_error, read_yaml_file
 from rankcraft.errors import ConfigError
@@ -95,10 +95,52 @@ class FeatureSpec(_Strict):
         return self
 
 
+LabelKind = Literal["binary", "soft", "regression", "weight"]
+
+
+class LabelSpec(_Strict):
+    """One label column.
+
+    * ``kind``: ``binary`` (0 or 1), ``soft`` (a probability in ``[0, 1]``, e.g. a teacher's score),
+      ``regression`` (any finite number) or ``weight`` (a non-negative per-row sample weight).
+    * ``column``: the raw column (default: ``name``).
+    * ``threshold`` (binary only): the raw value is a number and the label is ``1`` where ``value >= threshold``,
+      else ``0`` (e.g. ``rating >= 4``).
+    * ``map``: raw value (as written in the file, surrounding spaces ignored) → number, applied before
+      validation, e.g. ``{yes: 1, no: 0}``; a value missing from the map is an error naming the cell.
+
+    A plain string in ``labels`` is shorthand for ``{name: <string>}`` (a binary label).
+    """
+
+    name: str = Field(min_length=1)
+    column: str | None = None
+    kind: LabelKind = "binary"
+    threshold: float | None = None
+    map: dict[str, float] | None = None
+
+    @property
+    def raw_column(self) -> str:
+        return self.column or self.name
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabelSpec":
+        if "/" in self.name:
+            raise ValueError(f"label name '{self.name}' may not contain '/'")
+        if self.threshold is not None and self.kind != "binary":
+            raise ValueError(f"label '{self.name}': 'threshold' makes a binary label; kind is {self.kind}")
+        if self.threshold is not None and self.map is not None:
+            raise ValueError(f"label '{self.name}': give 'threshold' or 'map', not both")
+        return self
+
+
+def _label_spec(v: object) -> object:
+    return {"name": v} if isinstance(v, str) else v
+
+
 class Schema(_Strict):
     """Labels, features and file-format options of one dataset."""
 
-    labels: list[str] = Field(min_length=1)
+    labels: list[Annotated[LabelSpec, BeforeValidator(_label_spec)]] = Field(min_length=1)
     features: list[FeatureSpec] = Field(min_length=1)
     user_column: str | None = None
     delimiter: str = Field(default=",", min_length=1, max_length=1)
@@ -111,7 +153,11 @@ class Schema(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate feature names: {dup}")
-        clash = sorted(set(names) & set(self.labels))
+        labels = self.label_names
+        dup = sorted({n for n in labels if labels.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate label names: {dup}")
+        clash = sorted(set(names) & set(labels))
         if clash:
             raise ValueError(f"features and labels share names: {clash}")
         by_name = {f.name: f for f in self.features}
@@ -126,8 +172,17 @@ class Schema(_Strict):
         return self
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def label_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+    @property
+    def label_columns(self) -> list[str]:
+        """The raw columns the labels are read from (no duplicates)."""
+        return list(dict.fromkeys(lab.raw_column for lab in self.labels))
+
     def required_columns(self) -> list[str]:
-        cols = list(self.labels)
+        cols = list(self.label_columns)
         for f in self.features:
             cols.append(f.raw_column)
             if f.timestamp_column:

@@ -5,8 +5,8 @@
 theme routing → global / short-term / theme experts built from ``backbone`` → fusion);
 ``logit = MLP([flatten(x.fields), u]) : [B]``.
 
-During training the model sets ``self.aux_loss`` (the weighted load-balancing term, added to the loss by the
-trainer); in eval mode it is None. :meth:`MoS.route` returns the theme of every history event ``[B, L]`` (−1 at
+In training mode the forward pass returns a :class:`~rankcraft.models.output.ModelOutput` whose ``aux_loss`` is
+the weighted load-balancing term (the objective adds it to the loss); in eval mode it returns the logits ``[B]``. :meth:`MoS.route` returns the theme of every history event ``[B, L]`` (−1 at
 padding) for inspection.
 """
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from rankcraft.data.features import FeatureSet
 from rankcraft.models.common import SequenceTowerParams, Units, make_sequence_inputs
+from rankcraft.models.output import DEFAULT_HEAD, ModelOutput
 from rankcraft.models.registry import register_model
 from rankcraft.nn import MLP
 from rankcraft.nn.mos import MixtureOfSequence
@@ -80,13 +81,14 @@ class MoS(nn.Module):
             raise ConfigError(f"model 'mos': segmentation 'time' needs timestamps on sequence '{self.inputs.main}'")
         self.mlp = MLP(self.inputs.num_fields * p.embedding_dim + self.mos.out_dim, p.hidden_units, 1,
                        act=p.activation, dropout=p.dropout, batch_norm=p.batch_norm)
-        self.aux_loss: torch.Tensor | None = None
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | ModelOutput:
         x = self.inputs(batch)
         u = self.mos(x["seq"], x["mask"], x["target"], x["ts"])
-        self.aux_loss = self.mos.aux_loss
-        return self.mlp(torch.cat([x["fields"].flatten(1), u], dim=-1)).squeeze(-1)
+        logit = self.mlp(torch.cat([x["fields"].flatten(1), u], dim=-1)).squeeze(-1)
+        if self.mos.aux_loss is None:
+            return logit
+        return ModelOutput({DEFAULT_HEAD: logit}, aux_loss=self.mos.aux_loss)
 
     @torch.no_grad()
     def route(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from rankcraft.data.dataset import ColumnData
-from rankcraft.training.metrics import compute_metrics
+from rankcraft.models.output import as_output
+from rankcraft.training.objectives import Objective, default_objective
 
 
 def autocast(enabled: bool):
@@ -18,28 +19,45 @@ def autocast(enabled: bool):
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, data: ColumnData, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
-    """Probabilities for every row of ``data``, in row order."""
+def predict_heads(model: nn.Module, data: ColumnData, objective: Objective | None = None, *,
+                  batch_size: int = 16384, bf16: bool = False) -> dict[str, np.ndarray]:
+    """Predictions of every head for every row of ``data``, in row order: ``{head: float32[N]}``
+    (probabilities for binary heads, values for regression heads; see :meth:`Objective.probabilities`)."""
+    objective = objective or default_objective()
     was_training = model.training
     model.eval()
-    out = []
+    out: dict[str, list[torch.Tensor]] = {}
     try:
         for batch in data.batches(batch_size):
             with autocast(bf16):
-                logits = model(batch)
-            out.append(torch.sigmoid(logits.float()))
+                heads = objective.probabilities(as_output(model(batch)))
+            for h, p in heads.items():
+                out.setdefault(h, []).append(p)
     finally:
         model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    return {h: torch.cat(ps).numpy() for h, ps in out.items()}
 
 
-def evaluate(model: nn.Module, data: ColumnData, *, batch_size: int = 16384, bf16: bool = False) -> dict:
-    """Metrics of ``model`` on ``data`` (GAUC when the data has a ``group`` column), plus inference rows/s."""
+def predict_proba(model: nn.Module, data: ColumnData, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
+    """Probabilities of a one-head model for every row of ``data``, in row order."""
+    heads = predict_heads(model, data, batch_size=batch_size, bf16=bf16)
+    if not heads:
+        return np.zeros(0, dtype=np.float32)
+    if len(heads) > 1:
+        raise ValueError(f"the model has several heads ({', '.join(heads)}); use predict_heads")
+    return next(iter(heads.values()))
+
+
+def evaluate(model: nn.Module, data: ColumnData, objective: Objective | None = None, *, batch_size: int = 16384,
+             bf16: bool = False) -> dict:
+    """The objective's metrics of ``model`` on ``data`` (default: binary on ``"label"``, GAUC with a ``group``
+    column), plus inference rows/s."""
+    objective = objective or default_objective()
+    if len(data) == 0:
+        return {"rows": 0}
     t0 = time.perf_counter()
-    p = predict_proba(model, data, batch_size=batch_size, bf16=bf16)
+    preds = predict_heads(model, data, objective, batch_size=batch_size, bf16=bf16)
     dt = time.perf_counter() - t0
-    y = data.columns["label"].numpy()
-    g = data.columns["group"].numpy() if "group" in data.columns else None
-    m = compute_metrics(y, p, g)
-    m["inference_rows_per_s"] = len(y) / dt if dt > 0 else float("nan")
+    m = objective.metrics(preds, data.columns)
+    m["inference_rows_per_s"] = len(data) / dt if dt > 0 else None
     return m

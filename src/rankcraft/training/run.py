@@ -26,11 +26,13 @@ from rankcraft.data.dataset import ColumnData, PreparedData
 from rankcraft.data.encoders import Encoders
 from rankcraft.data.features import FeatureSet
 from rankcraft.data.spec import DataSpec, prepare_spec
-from rankcraft.errors import CheckpointError
+from rankcraft.errors import CheckpointError, ConfigError
 from rankcraft.files import atomic_write_json, atomic_write_text
 from rankcraft.models.catalog import build_model, validate_params
+from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint
 from rankcraft.training.evaluation import evaluate as evaluate_data
+from rankcraft.training.objectives import Objective, ObjectiveConfig, build_objective
 from rankcraft.training.profile import count_parameters, flops_per_example, slice_batch
 from rankcraft.training.trainer import FitResult, TrainConfig, Trainer
 
@@ -43,6 +45,8 @@ class RunConfig(BaseModel):
     data: DataSpec = Field(default_factory=lambda: DataSpec(recipe="synthetic"))
     model: str = "dnn"
     params: dict = Field(default_factory=dict)
+    #: what to learn from which labels (default: binary on the schema's only label); see training/objectives.py
+    objective: ObjectiveConfig | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @classmethod
@@ -66,10 +70,36 @@ class RunResult:
     data: PreparedData
     fit: FitResult
     report: dict
+    objective: Objective
 
 
 def _sample_batch(data: ColumnData, n: int = 256) -> dict:
     return slice_batch(next(data.batches(n)), n)
+
+
+def objective_metrics(metrics: dict, objective: Objective) -> dict:
+    """The objective's metrics (and row counts) out of an evaluation's or a history entry's dict."""
+    keep = set(objective.metric_names())
+    return {k: v for k, v in metrics.items() if k in keep or k == "rows" or k.endswith("/rows")}
+
+
+@torch.no_grad()
+def check_heads(model: nn.Module, objective: Objective, data: ColumnData, name: str) -> None:
+    """Fail before training when the model's heads do not serve the objective's tasks (one eval-mode forward
+    pass on a few rows; no state changes)."""
+    if len(data) == 0:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        out = as_output(model(_sample_batch(data, 8)))
+    finally:
+        model.train(was_training)
+    try:
+        for t in objective.tasks:
+            objective.head_of(t, out)
+    except ConfigError as exc:
+        raise ConfigError(f"model '{name}': {exc}") from None
 
 
 def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bool = False,
@@ -94,21 +124,24 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
     if not config.train.quiet:
         for msg in data.skipped:
             print(f"warning: {msg}")
+    objective = build_objective(config.objective, data.features)
     torch.manual_seed(config.train.seed)  # the initial weights are part of the seeded run
     model = build_model(config.model, data.features, config.params)
+    check_heads(model, objective, data.splits["valid"], config.model)
     if run_dir is not None:
         atomic_write_json(run_dir / "config.json", config.to_dict())
         atomic_write_text(run_dir / "encoders.json", data.encoders.to_json())
         atomic_write_json(run_dir / "features.json", data.features.to_dict())
-    trainer = Trainer(model, config.train, run_dir)
+    trainer = Trainer(model, config.train, run_dir, objective=objective)
     fit = trainer.fit(data.splits["train"], data.splits["valid"], resume=resume)
     sample = _sample_batch(data.splits["valid"])
     report = {
         "model": config.model,
         "dataset": data.name,
         "best_epoch": fit.best_epoch,
-        "valid": {k: v for k, v in fit.best_metrics.items() if k in ("auc", "logloss", "ne", "gauc", "calibration",
-                                                                      "rows")},
+        "heads": objective.heads,
+        "monitor": trainer.monitor,
+        "valid": objective_metrics(fit.best_metrics, objective),
         "params": count_parameters(model),
         "flops_per_example": flops_per_example(model, sample),
         "train_rows_per_s": fit.train_rows_per_s,
@@ -122,11 +155,12 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
         "skipped_rows": data.skipped,
     }
     if "test" in data.splits and len(data.splits["test"]):
-        m = evaluate_data(model, data.splits["test"], batch_size=config.train.eval_batch_size, bf16=config.train.bf16)
-        report["test"] = {k: v for k, v in m.items() if k != "inference_rows_per_s"}
+        m = evaluate_data(model, data.splits["test"], objective, batch_size=config.train.eval_batch_size,
+                          bf16=config.train.bf16)
+        report["test"] = objective_metrics(m, objective)
     if run_dir is not None:
         atomic_write_json(run_dir / "report.json", report)
-    return RunResult(run_dir, model, data, fit, report)
+    return RunResult(run_dir, model, data, fit, report, objective)
 
 
 # --------------------------------------------------------------------------------------------- using a run
@@ -136,6 +170,7 @@ class LoadedRun:
     model: nn.Module
     encoders: Encoders
     features: FeatureSet
+    objective: Objective
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -148,10 +183,12 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     encoders = Encoders.from_json((run_dir / "encoders.json").read_text())
     features = FeatureSet.from_dict(json.loads((run_dir / "features.json").read_text()))
     model = build_model(config.model, features, config.params)
+    objective = build_objective(config.objective, features)
     state = load_checkpoint(run_dir / "best.pt")
     try:
         model.load_state_dict(state["model"])
+        objective.load_state_dict(state.get("objective", {}))
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{run_dir / 'best.pt'}: does not match the run's model: {exc}") from None
     model.eval()
-    return LoadedRun(config, model, encoders, features)
+    return LoadedRun(config, model, encoders, features, objective)

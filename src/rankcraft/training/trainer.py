@@ -1,10 +1,9 @@
 """The trainer: owns the optimiser, the loop, evaluation, early stopping and checkpoints. Models only map a batch to
-logits.
+logits (or named heads); the objective (:mod:`rankcraft.training.objectives`) owns the loss and the metrics.
 
-Objective per step: ``BCEWithLogits(model(batch), y) + R + model.aux_loss`` (a model may set a tensor attribute
-``aux_loss`` during its forward pass, e.g. a mixture-of-experts load-balancing term) with the optional regulariser (FuxiCTR-style, applied to
-whole tables every step)
-
+Loss per step: ``objective.loss(model(batch), batch) + R``; the objective's loss includes the model's auxiliary
+loss (e.g. a mixture-of-experts load-balancing term). ``R`` is the optional regulariser (FuxiCTR-style, applied to
+whole tables every step):
 ``R = (λ_emb / 2) Σ_{embedding tables} ||W||²  +  (λ_net / 2) Σ_{other weights} ||W||²``.
 
 Checkpoints: ``last.pt`` (everything needed to continue: model, optimiser(s), scheduler, epoch, step within the
@@ -32,11 +31,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rankcraft.data.dataset import ColumnData
-from rankcraft.errors import CheckpointError
+from rankcraft.errors import CheckpointError, DataError
 from rankcraft.files import atomic_write_text
+from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
 from rankcraft.training.evaluation import autocast, evaluate
-from rankcraft.training.metrics import HIGHER_IS_BETTER
+from rankcraft.training.objectives import Objective, default_objective, higher_is_better
 
 
 class TrainConfig(BaseModel):
@@ -58,7 +58,9 @@ class TrainConfig(BaseModel):
     lr_step_epochs: int = Field(default=2, ge=1)  # step: decay every k epochs
     min_lr: float = Field(default=1e-6, ge=0)
     clip_grad_norm: float | None = Field(default=10.0, gt=0)
-    monitor: Literal["auc", "logloss", "ne", "gauc"] = "auc"
+    #: any metric the objective reports (``auc``, ``logloss``, ``ne``, ``gauc`` for one head; ``<task>/auc``,
+    #: ``mean/auc``, ... for several); default: the objective's (``auc``, or ``mean/auc`` for multi-task)
+    monitor: str | None = None
     early_stopping_patience: int = Field(default=2, ge=1)
     min_delta: float = Field(default=0.0, ge=0)  # early stopping: a gain smaller than this is no improvement
     seed: int = 2024
@@ -91,8 +93,10 @@ class Trainer:
     """Fits ``model`` on column data; writes checkpoints and metrics to ``run_dir`` when given."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, run_dir: str | Path | None = None,
-                 on_step: Callable[[int], None] | None = None):
+                 on_step: Callable[[int], None] | None = None, objective: Objective | None = None):
         self.model = model
+        self.objective = objective if objective is not None else default_objective()
+        self.monitor = self.objective.check_monitor(config.monitor)
         self.cfg = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.on_step = on_step
@@ -118,7 +122,7 @@ class Trainer:
                 if module.sparse:
                     sparse.append(module.weight)
         sparse_ids = {id(p) for p in sparse}
-        for p in self.model.parameters():
+        for p in list(self.model.parameters()) + list(self.objective.parameters()):
             if not p.requires_grad:
                 continue
             if id(p) not in sparse_ids:
@@ -149,7 +153,7 @@ class Trainer:
         c = self.cfg
         opt = self.optimizers[0]
         if c.lr_schedule == "plateau":
-            mode = "max" if HIGHER_IS_BETTER[c.monitor] else "min"
+            mode = "max" if higher_is_better(self.monitor) else "min"
             return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=c.lr_factor,
                                                               patience=c.lr_patience, min_lr=c.min_lr)
         if c.lr_schedule == "cosine":
@@ -178,12 +182,9 @@ class Trainer:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         with autocast(self.cfg.bf16):
-            logits = self.forward(batch)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])
+            out = as_output(self.forward(batch))
+        loss, _ = self.objective.loss(out, batch)
         total = loss + self.regularization() if (self.cfg.embedding_l2 or self.cfg.net_l2) else loss
-        aux = getattr(self.model, "aux_loss", None)  # e.g. MoS load balancing; already weighted by the model
-        if isinstance(aux, torch.Tensor):
-            total = total + aux.float()
         total.backward()
         if self.cfg.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._dense_params, self.cfg.clip_grad_norm)
@@ -197,6 +198,7 @@ class Trainer:
         return {
             "format": 1,
             "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "epoch": epoch, "step": step, "steps_total": steps_total, "bad_epochs": bad_epochs,
@@ -211,6 +213,7 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         try:
             self.model.load_state_dict(state["model"])
+            self.objective.load_state_dict(state.get("objective", {}))
             for opt, s in zip(self.optimizers, state["optimizers"]):
                 opt.load_state_dict(s)
             if self.scheduler is not None and state["scheduler"]:
@@ -223,7 +226,8 @@ class Trainer:
     def fit(self, train: ColumnData, valid: ColumnData, *, resume: bool = False) -> FitResult:
         c = self.cfg
         torch.manual_seed(c.seed)
-        better = HIGHER_IS_BETTER[c.monitor]
+        monitor = self.objective.usable_monitor(self.monitor, valid.columns, warn=None if c.quiet else tqdm.write)
+        better = higher_is_better(monitor)
         start_epoch, start_step, steps_total, bad_epochs, rows, seconds = 0, 0, 0, 0, 0, 0.0
         best: dict = {}
         history: list[dict] = []
@@ -278,19 +282,23 @@ class Trainer:
             seconds += time.perf_counter() - t_epoch
             start_step = 0
             # ---- end of epoch: validate, schedule, early stopping, checkpoints
-            metrics = evaluate(self.model, valid, batch_size=c.eval_batch_size, bf16=c.bf16)
+            metrics = evaluate(self.model, valid, self.objective, batch_size=c.eval_batch_size, bf16=c.bf16)
             metrics.update(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
                            lr=self.optimizers[0].param_groups[0]["lr"], steps=steps_total,
                            train_rows_per_s=rows / seconds if seconds > 0 else float("nan"))
             history.append(metrics)
-            value = metrics[c.monitor]
-            improved = not best or (value > best[c.monitor] + c.min_delta if better
-                                    else value < best[c.monitor] - c.min_delta)
+            value = metrics.get(monitor)
+            if value is None:
+                raise DataError(f"the monitored metric '{monitor}' is undefined on the validation split; "
+                                "monitor another metric (train.monitor), e.g. a logloss")
+            improved = not best or (value > best[monitor] + c.min_delta if better
+                                    else value < best[monitor] - c.min_delta)
             if improved:
                 best = dict(metrics)
                 bad_epochs = 0
                 if self.run_dir is not None:
                     save_checkpoint(self.run_dir / "best.pt", {"format": 1, "model": self.model.state_dict(),
+                                                               "objective": self.objective.state_dict(),
                                                                "epoch": epoch + 1, "metrics": best})
                 else:
                     self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -305,9 +313,10 @@ class Trainer:
             if self.run_dir is not None:  # rewritten whole (atomically) so a resumed run never duplicates lines
                 atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
             if not c.quiet:
-                tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  val auc {metrics['auc']:.4f}  "
-                           f"logloss {metrics['logloss']:.4f}  {metrics['train_rows_per_s']:,.0f} rows/s"
-                           + ("  *" if improved else ""))
+                shown = [monitor] + [k for k in ("logloss", "mean/logloss") if k in metrics and k != monitor][:1]
+                vals = "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if metrics.get(k) is not None)
+                tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  val {vals}  "
+                           f"{metrics['train_rows_per_s']:,.0f} rows/s" + ("  *" if improved else ""))
             stopped_early = bad_epochs >= c.early_stopping_patience
             epoch += 1
             self._save_last(epoch, 0, best, history, steps_total, bad_epochs, rows, seconds)

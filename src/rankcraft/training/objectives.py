@@ -1,0 +1,374 @@
+"""Objectives: what a model is trained to predict, the loss that says so, and the metrics that judge it.
+
+An objective maps the named heads of a :class:`~rankcraft.models.output.ModelOutput` to label columns of the batch
+(``"label/<name>"``, one per schema label; see :mod:`rankcraft.data.features`). The trainer calls
+:meth:`Objective.loss` every step and :meth:`Objective.metrics` at every evaluation; it never looks at a label.
+
+Config (``objective:`` in a run config; a discriminated union on ``type``):
+
+* ``binary`` (default): one head, BCE with logits on one binary label. ``label`` defaults to the schema's only
+  non-weight label (several labels and no ``label`` is an error that says how to declare tasks).
+* ``soft_bce``: one head, BCE against a soft target ``y ∈ [0, 1]`` (a teacher's probability, for distillation);
+  metrics use ``hard_label`` when given, else ``y ≥ 0.5``.
+* ``multitask``: named tasks, each ``{name (head), label, kind: binary|regression|soft, weight, weight_column,
+  monitor_weight}``. Loss ``L = Σ_t w_t L_t`` or, with ``uncertainty_weighting``, Kendall et al.'s
+  ``L = Σ_t exp(−s_t) L_t + s_t`` with a learned ``s_t = log σ_t²`` per task.
+
+Per-task loss with sample weights ``ω_i`` (a label of kind ``weight``; rows with ``ω_i = 0`` are masked):
+``L_t = Σ_i ω_i ℓ(z_i, y_i) / max(Σ_i ω_i, 1e-12)``; ``ℓ`` is BCE with logits for binary/soft tasks and squared
+error for regression tasks. Heads without a task (e.g. ESMM's CVR) are predicted but not supervised.
+
+Metric names: single-head objectives report ``auc``, ``logloss``, ``ne``, ``calibration``, ``rows`` (and ``gauc``
+with a user column), exactly as before multi-task support. Multi-task objectives report ``<task>/<metric>`` for
+every task (``mse``/``mae`` for regression tasks) plus ``mean/auc`` and ``mean/logloss``, the
+``monitor_weight``-weighted means over binary/soft tasks. An undefined metric (AUC of a one-class split) is
+``None``, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from rankcraft.data.features import FeatureSet, label_key
+from rankcraft.errors import ConfigError
+from rankcraft.models.output import DEFAULT_HEAD, ModelOutput
+from rankcraft.training.metrics import compute_metrics
+
+LOWER_IS_BETTER_SUFFIXES = ("logloss", "ne", "mse", "mae", "loss")
+HIGHER_IS_BETTER_SUFFIXES = ("auc", "gauc")
+
+
+def higher_is_better(metric: str) -> bool:
+    last = metric.rsplit("/", 1)[-1]
+    if last in HIGHER_IS_BETTER_SUFFIXES:
+        return True
+    if last in LOWER_IS_BETTER_SUFFIXES:
+        return False
+    raise ConfigError(f"metric '{metric}' cannot be monitored (monitor an auc, gauc, logloss, ne, mse or mae)")
+
+
+# ------------------------------------------------------------------------------------------------ configs
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BinaryObjectiveConfig(_Strict):
+    type: Literal["binary"] = "binary"
+    label: str | None = None
+    weight_column: str | None = None
+
+
+class SoftLabelObjectiveConfig(_Strict):
+    type: Literal["soft_bce"]
+    label: str
+    hard_label: str | None = None
+    weight_column: str | None = None
+
+
+class TaskConfig(_Strict):
+    name: str = Field(min_length=1)
+    label: str | None = None  # default: the label named like the task
+    kind: Literal["binary", "regression", "soft"] = "binary"
+    weight: float = Field(default=1.0, ge=0)
+    weight_column: str | None = None
+    monitor_weight: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _no_slash(self) -> "TaskConfig":
+        if "/" in self.name:
+            raise ValueError(f"task name '{self.name}' may not contain '/'")
+        return self
+
+
+class MultiTaskObjectiveConfig(_Strict):
+    type: Literal["multitask"]
+    tasks: list[TaskConfig] = Field(min_length=1)
+    uncertainty_weighting: bool = False
+
+    @model_validator(mode="after")
+    def _unique(self) -> "MultiTaskObjectiveConfig":
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate task names: {dup}")
+        if "mean" in names:
+            raise ValueError("'mean' is reserved for the averaged metrics; rename the task")
+        return self
+
+
+ObjectiveConfig = Annotated[Union[BinaryObjectiveConfig, SoftLabelObjectiveConfig, MultiTaskObjectiveConfig],
+                            Field(discriminator="type")]
+
+
+# ------------------------------------------------------------------------------------------------ runtime
+class Task:
+    """One supervised head at run time."""
+
+    def __init__(self, name: str, label: str, kind: str, weight: float = 1.0, weight_column: str | None = None,
+                 monitor_weight: float = 1.0, hard_label: str | None = None):
+        self.name, self.label, self.kind = name, label, kind
+        self.weight, self.weight_column, self.monitor_weight = weight, weight_column, monitor_weight
+        self.hard_label = hard_label
+
+    def pointwise_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "regression":
+            return (z - y) ** 2
+        return nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+
+
+class Objective(nn.Module):
+    """Loss and metrics over named heads. An ``nn.Module`` so that learned loss weights (uncertainty weighting)
+    are optimised and checkpointed with the model."""
+
+    def __init__(self, tasks: list[Task], *, single: bool, has_group: bool, uncertainty_weighting: bool = False):
+        super().__init__()
+        self.tasks = tasks
+        self.single = single
+        self.has_group = has_group
+        self.log_vars = nn.Parameter(torch.zeros(len(tasks))) if uncertainty_weighting else None
+
+    # ------------------------------------------------------------------ heads
+    def head_of(self, task: Task, out: ModelOutput) -> torch.Tensor:
+        if task.name in out.logits:
+            return out.logits[task.name]
+        if self.single and len(out.logits) == 1:
+            return next(iter(out.logits.values()))
+        raise ConfigError(f"the model has heads {out.heads}, but the objective needs a head named '{task.name}' "
+                          "(name the tasks after the model's heads)")
+
+    def probabilities(self, out: ModelOutput) -> dict[str, torch.Tensor]:
+        """Every head as a prediction: ``σ(logit)`` for binary/soft heads and heads without a task, the raw value
+        for regression heads."""
+        kinds = {t.name: t.kind for t in self.tasks}
+        if self.single and len(out.logits) == 1:
+            kinds = {next(iter(out.logits)): self.tasks[0].kind}
+        return {h: (z.float() if kinds.get(h) == "regression" else torch.sigmoid(z.float()))
+                for h, z in out.logits.items()}
+
+    def prediction_head(self, out_heads: list[str]) -> dict[str, str]:
+        """task name → head name, as :meth:`head_of` resolves it."""
+        if self.single and len(out_heads) == 1:
+            return {self.tasks[0].name: out_heads[0]}
+        return {t.name: t.name for t in self.tasks}
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(total, {task: loss value})``; ``total`` includes the model's aux loss."""
+        total: torch.Tensor | float = 0.0
+        parts: dict[str, float] = {}
+        for i, t in enumerate(self.tasks):
+            z = self.head_of(t, out).float()
+            y = batch[t.label]
+            pw = t.pointwise_loss(z, y)
+            if t.weight_column is not None:
+                w = batch[t.weight_column]
+                lt = (pw * w).sum() / w.sum().clamp_min(1e-12)
+            else:
+                lt = pw.mean()
+            parts[t.name] = float(lt.detach())
+            if self.log_vars is not None:
+                total = total + torch.exp(-self.log_vars[i]) * lt + self.log_vars[i]
+            else:
+                total = total + (t.weight * lt if t.weight != 1.0 else lt)
+        if out.aux_loss is not None:
+            total = total + out.aux_loss.float()
+        return total, parts  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ metrics
+    def metrics(self, preds: dict[str, np.ndarray], columns: dict[str, torch.Tensor]) -> dict:
+        """Metrics of predicted heads against the label columns (see the module docstring for the names)."""
+        head_for = self.prediction_head(list(preds))
+        group = columns["group"].numpy() if self.has_group and "group" in columns else None
+        out: dict = {}
+        for t in self.tasks:
+            p = preds[head_for[t.name]]
+            y = columns[t.label].numpy()
+            if t.weight_column is not None:
+                keep = columns[t.weight_column].numpy() > 0
+                y, p = y[keep], p[keep]
+                g = group[keep] if group is not None else None
+            else:
+                g = group
+            if t.kind == "regression":
+                err = p.astype(np.float64) - y
+                m = {"mse": float(np.mean(err ** 2)) if len(y) else None,
+                     "mae": float(np.mean(np.abs(err))) if len(y) else None, "rows": int(len(y))}
+            else:
+                if t.hard_label is not None:
+                    y = columns[t.hard_label].numpy()[keep] if t.weight_column is not None else \
+                        columns[t.hard_label].numpy()
+                elif t.kind == "soft":
+                    y = (y >= 0.5).astype(np.float64)
+                m = compute_metrics(y, p, g) if len(y) else {"rows": 0}
+            m = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
+            if self.single:
+                return m
+            out.update({f"{t.name}/{k}": v for k, v in m.items()})
+        for metric in ("auc", "logloss"):
+            vals = [(t.monitor_weight, out.get(f"{t.name}/{metric}")) for t in self.tasks if t.kind != "regression"]
+            vals = [(w, v) for w, v in vals if v is not None and w > 0]
+            if vals:
+                out[f"mean/{metric}"] = sum(w * v for w, v in vals) / sum(w for w, _ in vals)
+            elif any(t.kind != "regression" for t in self.tasks):
+                out[f"mean/{metric}"] = None
+        return out
+
+    def metric_names(self) -> list[str]:
+        if self.single:
+            t = self.tasks[0]
+            base = ["mse", "mae"] if t.kind == "regression" else ["auc", "logloss", "ne", "calibration"]
+            return base + (["gauc"] if self.has_group and t.kind != "regression" else [])
+        names = []
+        for t in self.tasks:
+            base = ["mse", "mae"] if t.kind == "regression" else ["auc", "logloss", "ne", "calibration"]
+            if self.has_group and t.kind != "regression":
+                base.append("gauc")
+            names += [f"{t.name}/{b}" for b in base]
+        if any(t.kind != "regression" for t in self.tasks):
+            names += ["mean/auc", "mean/logloss"]
+        return names
+
+    @property
+    def default_monitor(self) -> str:
+        if self.single:
+            return "mse" if self.tasks[0].kind == "regression" else "auc"
+        return "mean/auc" if any(t.kind != "regression" for t in self.tasks) else f"{self.tasks[0].name}/mse"
+
+    def check_monitor(self, monitor: str | None) -> str:
+        """The metric to monitor: ``monitor`` if the objective reports it (error listing the valid names if not),
+        else :attr:`default_monitor`."""
+        if monitor is None:
+            return self.default_monitor
+        names = self.metric_names()
+        if monitor not in names:
+            raise ConfigError(f"train.monitor: '{monitor}' is not a metric of this objective; valid: "
+                              f"{', '.join(names)}")
+        higher_is_better(monitor)
+        return monitor
+
+    def usable_monitor(self, monitor: str, columns: dict[str, torch.Tensor], warn=None) -> str:
+        """``monitor``, or its logloss counterpart when it is an AUC that the validation labels leave undefined
+        (every monitored task has one class only); ``warn`` (a callable) is told about the switch."""
+        head, _, last = monitor.rpartition("/")
+        if last not in ("auc", "gauc"):
+            return monitor
+        tasks = self.tasks if self.single or head == "mean" else [t for t in self.tasks if t.name == head]
+        tasks = [t for t in tasks if t.kind != "regression"]
+
+        def one_class(t: Task) -> bool:
+            y = columns[t.hard_label or t.label].numpy()
+            if t.weight_column is not None:
+                y = y[columns[t.weight_column].numpy() > 0]
+            if t.kind == "soft" and t.hard_label is None:
+                y = y >= 0.5
+            return len(np.unique(y)) < 2
+
+        if tasks and all(one_class(t) for t in tasks):
+            fallback = f"{head}/logloss" if head else "logloss"
+            if warn is not None:
+                warn(f"warning: the validation labels have one class only, so '{monitor}' is undefined; early "
+                     f"stopping and the learning-rate schedule monitor '{fallback}' instead")
+            return fallback
+        return monitor
+
+    @property
+    def heads(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def label_columns(self) -> list[str]:
+        cols = []
+        for t in self.tasks:
+            cols += [t.label] + [c for c in (t.weight_column, t.hard_label) if c]
+        return list(dict.fromkeys(cols))
+
+
+# ------------------------------------------------------------------------------------------------ building
+def default_objective() -> Objective:
+    """Binary cross-entropy on the batch's ``"label"`` column (the first non-weight label): what a model without
+    a declared objective is trained and evaluated on. GAUC is reported when the data has a ``group`` column."""
+    return Objective([Task(DEFAULT_HEAD, "label", "binary")], single=True, has_group=True)
+
+
+def _label_kind(features: FeatureSet, name: str, where: str) -> str:
+    kinds = features.label_kinds
+    if name not in kinds:
+        raise ConfigError(f"{where}: no label named '{name}' in the schema (labels: {', '.join(kinds) or 'none'})")
+    return kinds[name]
+
+
+def _weight(features: FeatureSet, name: str | None, where: str) -> str | None:
+    if name is None:
+        return None
+    kind = _label_kind(features, name, where)
+    if kind != "weight":
+        raise ConfigError(f"{where}: weight_column '{name}' is a {kind} label; declare it with kind: weight")
+    return label_key(name)
+
+
+def build_objective(config: BaseModel | dict | None, features: FeatureSet) -> Objective:
+    """The runtime objective of ``config`` (``None``: binary) checked against the schema's labels."""
+    if config is None or isinstance(config, dict):
+        from pydantic import TypeAdapter
+
+        from rankcraft.config import format_validation_error
+
+        try:
+            config = TypeAdapter(ObjectiveConfig).validate_python(config or {"type": "binary"})
+        except Exception as exc:  # pydantic.ValidationError
+            detail = format_validation_error(exc) if hasattr(exc, "errors") else str(exc)
+            raise ConfigError(f"objective: invalid:\n{detail}") from None
+    kinds = features.label_kinds
+    targets = [n for n, k in kinds.items() if k != "weight"]
+    if isinstance(config, BinaryObjectiveConfig):
+        if config.label is None:
+            if len(targets) > 1:
+                raise ConfigError(
+                    f"the schema declares several labels ({', '.join(targets)}) and the objective does not say which "
+                    "to learn; declare them, e.g.\n  objective: {type: multitask, tasks: [" +
+                    ", ".join(f"{{name: {n}" + ("" if kinds[n] == "binary" else f", kind: {kinds[n]}") + "}"
+                              for n in targets) + "]}\n"
+                    f"or pick one: objective: {{type: binary, label: {targets[0]}}}")
+            if not targets:
+                raise ConfigError("the schema declares no target label (only weights)")
+            name = targets[0]
+        else:
+            name = config.label
+        kind = _label_kind(features, name, "objective.label")
+        if kind not in ("binary",):
+            raise ConfigError(f"objective.label: '{name}' is a {kind} label; the binary objective needs a binary "
+                              "label (use type: soft_bce for probabilities, multitask for regression)")
+        task = Task(DEFAULT_HEAD, label_key(name), "binary",
+                    weight_column=_weight(features, config.weight_column, "objective"))
+        return Objective([task], single=True, has_group=features.has_group)
+    if isinstance(config, SoftLabelObjectiveConfig):
+        kind = _label_kind(features, config.label, "objective.label")
+        if kind not in ("soft", "binary"):
+            raise ConfigError(f"objective.label: '{config.label}' is a {kind} label; soft_bce needs a soft (or "
+                              "binary) label")
+        hard = None
+        if config.hard_label is not None:
+            if _label_kind(features, config.hard_label, "objective.hard_label") != "binary":
+                raise ConfigError(f"objective.hard_label: '{config.hard_label}' must be a binary label")
+            hard = label_key(config.hard_label)
+        task = Task(DEFAULT_HEAD, label_key(config.label), "soft",
+                    weight_column=_weight(features, config.weight_column, "objective"), hard_label=hard)
+        return Objective([task], single=True, has_group=features.has_group)
+    tasks = []
+    for i, t in enumerate(config.tasks):
+        where = f"objective.tasks[{i}]({t.name})"
+        name = t.label or t.name
+        kind = _label_kind(features, name, where + ".label")
+        allowed = {"binary": ("binary",), "soft": ("soft", "binary"), "regression": ("regression", "binary", "soft")}
+        if kind not in allowed[t.kind]:
+            raise ConfigError(f"{where}: label '{name}' is a {kind} label, which a {t.kind} task cannot learn")
+        tasks.append(Task(t.name, label_key(name), t.kind, t.weight, _weight(features, t.weight_column, where),
+                          t.monitor_weight))
+    return Objective(tasks, single=False, has_group=features.has_group,
+                     uncertainty_weighting=config.uncertainty_weighting)

@@ -26,7 +26,7 @@ import torch
 
 from rankcraft.data.encoders import Encoders, describe_skips, validate_table
 from rankcraft.data.features import FeatureSet
-from rankcraft.data.readers import RawTable, available_columns, file_digest, read_table
+from rankcraft.data.readers import RawTable, available_columns, data_suffix, file_digest, open_text, read_table
 from rankcraft.data.schema import Schema
 from rankcraft.errors import DataError
 
@@ -240,9 +240,11 @@ def _load_cache(path: Path, name: str) -> PreparedData:
 def _first_record_width(path: str | Path, delimiter: str) -> int:
     import csv
 
-    if Path(path).suffix.lower() in (".parquet", ".pq"):
+    if data_suffix(path) in (".parquet", ".pq"):
         return -1
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+    if data_suffix(path) == ".tsv" and delimiter == ",":
+        delimiter = "\t"
+    with open_text(path, "utf-8-sig") as fh:
         rec = next(csv.reader(fh, delimiter=delimiter), [])
     return len(rec)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rankcraft.data.encoders import Encoders, describe_skips, validate_table
+from rankcraft.data.encoders import Encoders, describe_skips, validate_table, vocabulary_warnings
 from rankcraft.data.features import FeatureSet
 from rankcraft.data.readers import RawTable, available_columns, data_suffix, file_digest, open_text, read_table
 from rankcraft.data.schema import Schema
@@ -136,6 +136,10 @@ class DataSource:
 
 @dataclass
 class PreparedData:
+    """Fitted encoders and encoded splits. ``skipped`` summarises rows dropped by ``on_error: skip``;
+    ``warnings`` are preparation warnings (e.g. a mostly out-of-vocabulary feature, see
+    :func:`~rankcraft.data.encoders.vocabulary_warnings`), one line each, kept in the cache."""
+
     name: str
     features: FeatureSet
     encoders: Encoders
@@ -143,6 +147,7 @@ class PreparedData:
     skipped: list[str] = field(default_factory=list)
     cache_path: Path | None = None
     from_cache: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> dict:
         """Rows, label rate and vocabulary sizes (for ``rankcraft datasets``)."""
@@ -193,7 +198,9 @@ def prepare(source: DataSource, *, cache_dir: str | Path | None = None, use_cach
             shutil.rmtree(path, ignore_errors=True)
     raw = source.load_raw()
     enc, splits, skipped = encode_splits(raw, source.schema, valid_fraction=source.valid_fraction, seed=source.seed)
-    data = PreparedData(source.name, enc.feature_set(), enc, splits, skipped, path if use_cache else None)
+    warnings = vocabulary_warnings(enc, {k: v.numpy() for k, v in splits["valid"].columns.items()})
+    data = PreparedData(source.name, enc.feature_set(), enc, splits, skipped, path if use_cache else None,
+                        warnings=warnings)
     if use_cache:
         _write_cache(path, data)
     return data
@@ -211,6 +218,7 @@ def _write_cache(path: Path, data: PreparedData) -> None:
                    for split, cd in data.splits.items()}
         (tmp / "meta.json").write_text(json.dumps({"name": data.name, "splits": list(data.splits),
                                                    "columns": columns, "skipped": data.skipped,
+                                                   "warnings": data.warnings,
                                                    "version": CACHE_VERSION}))
         if path.exists() and not (path / "meta.json").exists():
             shutil.rmtree(path, ignore_errors=True)  # a damaged leftover, not a concurrent writer's result
@@ -234,7 +242,8 @@ def _load_cache(path: Path, name: str) -> PreparedData:
         got = {k: [len(splits[s]), list(v.shape[1:])] for k, v in splits[s].columns.items()}
         if got != cols:
             raise ValueError(f"cache split '{s}' is incomplete")
-    return PreparedData(name, features, enc, splits, meta.get("skipped", []), path, from_cache=True)
+    return PreparedData(name, features, enc, splits, meta.get("skipped", []), path, from_cache=True,
+                        warnings=meta.get("warnings", []))
 
 
 def _first_record_width(path: str | Path, delimiter: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rankcraft.data import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
 from rankcraft.data import session_hopping as _session_hopping  # noqa: F401
+from rankcraft.data import events as _events  # noqa: F401
 from rankcraft.data.dataset import DataSource
 from rankcraft.data.recipes import schema_source
 from rankcraft.data.registry import RECIPES, find_data_dir

@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
+from rankcraft import api
 from rankcraft.data.catalog import RECIPES, get_source
+from rankcraft.data.events import write_rows
 from rankcraft.data.dataset import prepare
 from rankcraft.data.spec import DataSpec
 from rankcraft.errors import ConfigError, DataError
@@ -207,3 +209,16 @@ def test_taobao_user_behavior_purchases(tmp_path):
     train_t = [int(x) for x in parts["train"].table.column("time").to_pylist()]
     valid_t = [int(x) for x in parts["valid"].table.column("time").to_pylist()]
     assert max(train_t) <= min(valid_t)
+
+
+def test_written_rows_evaluate_like_the_runs_test_split(tmp_path):
+    make_log(tmp_path / "log.csv", n_events=600)
+    opts = {"category": "cat", "max_len": 5, "negatives": 1}
+    res = api.train({"data": {"recipe": "events", "data_dir": str(tmp_path / "log.csv"), "options": opts},
+                     "model": "din", "train": {"epochs": 1, "batch_size": 64, "max_steps": 3, "quiet": True}},
+                    out=tmp_path / "run", cache_dir=tmp_path / "cache")
+    paths = write_rows(tmp_path / "rows", str(tmp_path / "log.csv"), **opts)
+    m = api.evaluate(tmp_path / "run", paths["test"])
+    assert m["auc"] == pytest.approx(res.report["test"]["auc"], abs=1e-6)
+    scores = api.predict(tmp_path / "run", paths["test"])
+    assert len(scores) == res.data.splits["test"].num_rows

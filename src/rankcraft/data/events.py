@@ -405,3 +405,18 @@ def events_source(data_dir: str | None = None, *, path: str | None = None, user:
         f",events={event_column}:{types},names={column_names},delim={delim!r}"
     schema = events_schema(category=category is not None, side_columns=side_columns, max_len=max_len)
     return DataSource(name="events", schema=schema, loader=load, inputs=[str(file)], seed=seed, version=version)
+
+
+def write_rows(directory: str | os.PathLike, data_dir: str | None = None, **options) -> dict[str, str]:
+    """Write the recipe's rows (same options as the recipe) as ``train``/``valid``/``test`` Parquet files in
+    ``directory`` (histories as Parquet lists), e.g. to ``rankcraft evaluate`` or ``predict`` a run trained on the
+    recipe with its own test rows. Returns split → path."""
+    import pyarrow.parquet as pq
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, raw in events_source(data_dir, **options).loader().items():
+        paths[split] = str(out / f"{split}.parquet")
+        pq.write_table(raw.table, paths[split])
+    return paths

@@ -91,6 +91,16 @@ def _is_list_type(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def _check_not_list(raw: RawTable, spec: FeatureSpec) -> None:
+    """A list-typed column (e.g. Parquet ``list<...>``) given as a single-valued feature is a one-line error."""
+    if spec.type in ("multi_categorical", "sequence"):
+        return
+    typ = raw.table.schema.field(spec.raw_column).type
+    if _is_list_type(typ):
+        raise DataError(f"is a list column ({typ}) but feature '{spec.name}' is {spec.type}; a list column needs "
+                        "`type: multi_categorical` or `type: sequence`", path=raw.path, column=spec.raw_column)
+
+
 def _split_cells(values: pa.Array, sep: str) -> tuple[pa.Array, np.ndarray | None]:
     """Split string cells into lists: a cell in list syntax (``[a, b]``, ``['a', 'b']``, ``[]`` as pandas writes
     lists) is split on commas inside its brackets, with whitespace and quotes stripped from every value; any other
@@ -371,16 +381,6 @@ def _label_problems(raw: RawTable, column: str) -> list[tuple[int, str]]:
         problems += [(i, f"label must be 0 or 1, found {v!r}" if v.strip() else "label is missing")
                      for i, v in zip(out_of_range, vals)]
     return sorted(problems)
-
-
-def _check_not_list(raw: RawTable, spec: FeatureSpec) -> None:
-    """A list-typed column (e.g. Parquet ``list<...>``) given as a single-valued feature is a one-line error."""
-    if spec.type in ("multi_categorical", "sequence"):
-        return
-    typ = raw.table.schema.field(spec.raw_column).type
-    if _is_list_type(typ):
-        raise DataError(f"is a list column ({typ}) but feature '{spec.name}' is {spec.type}; a list column needs "
-                        "`type: multi_categorical` or `type: sequence`", path=raw.path, column=spec.raw_column)
 
 
 def validate_table(raw: RawTable, schema: Schema) -> RawTable:

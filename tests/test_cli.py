@@ -11,11 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
+from conftest import shared
 
 from rankcraft.cli.main import main
 from rankcraft.data.synthetic import make_synthetic
-
-from conftest import shared
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

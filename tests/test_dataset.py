@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from rankcraft.data import dataset as ds
-from rankcraft.data.dataset import ColumnData, DataSource, encode_file, encode_splits, prepare
+from rankcraft.data.dataset import (
+    ColumnData,
+    DataSource,
+    encode_file,
+    encode_splits,
+    prepare,
+)
 from rankcraft.data.readers import RawTable
 from rankcraft.data.schema import Schema
 from rankcraft.errors import DataError

@@ -6,17 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import shared
 
 from rankcraft.analysis.sessions import analyze_sessions
-from rankcraft.data.dataset import encode_splits, prepare
 from rankcraft.data.catalog import get_source
+from rankcraft.data.dataset import encode_splits, prepare
 from rankcraft.data.session_hopping import make_session_hopping, session_hopping_raw
 from rankcraft.models.catalog import build_model
 from rankcraft.models.output import ModelOutput
-from rankcraft.nn.mos import MixtureOfSequence, load_balancing_loss, segment_sessions, theme_subsequences
+from rankcraft.nn.mos import (
+    MixtureOfSequence,
+    load_balancing_loss,
+    segment_sessions,
+    theme_subsequences,
+)
 from rankcraft.training.trainer import TrainConfig, Trainer
-
-from conftest import shared
 
 DAY = 86_400.0
 

@@ -15,7 +15,7 @@ from rankcraft.models.output import ModelOutput
 from rankcraft.training.evaluation import evaluate, predict_heads
 from rankcraft.training.objectives import build_objective, default_objective
 from rankcraft.training.run import RunConfig, train
-from rankcraft.training.trainer import Trainer, TrainConfig
+from rankcraft.training.trainer import TrainConfig, Trainer
 
 FS2 = FeatureSet((FeatureInfo("x", "categorical", vocab_size=12),), labels=("a", "b", "w", "r"),
                  label_kinds={"a": "binary", "b": "binary", "w": "weight", "r": "regression"})
@@ -242,4 +242,4 @@ def test_a_one_class_training_label_is_an_error_and_a_one_class_valid_label_a_wa
     with pytest.raises(DataError, match="label 'a' has one class only .all 0. in the train split"):
         prepare(DataSource("t", s, files={"train": str(tr), "valid": str(va)}), use_cache=False)
     data = prepare(DataSource("t", s, files={"train": str(va), "valid": str(tr)}), use_cache=False)
-    assert any("valid split" in w and "null" in w for w in data.skipped)
+    assert any("valid split" in w and "null" in w for w in data.warnings)

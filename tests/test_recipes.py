@@ -10,9 +10,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from rankcraft.data.dataset import prepare
 from rankcraft.data.catalog import RECIPES, find_data_dir, get_source, schema_source
-from rankcraft.data.recipes import AVAZU_CATEGORICAL, CRITEO_COLUMNS, FRAPPE_FIELDS, load_ml100k_table, time_split
+from rankcraft.data.dataset import prepare
+from rankcraft.data.recipes import (
+    AVAZU_CATEGORICAL,
+    CRITEO_COLUMNS,
+    FRAPPE_FIELDS,
+    load_ml100k_table,
+    time_split,
+)
 from rankcraft.data.schema import Schema
 from rankcraft.data.synthetic import make_synthetic, synthetic_raw
 from rankcraft.errors import DataError

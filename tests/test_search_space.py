@@ -13,11 +13,11 @@ from test_zoo import FULL, NO_NUMERIC, make_data
 
 from rankcraft.errors import ConfigError
 from rankcraft.models import build_model
-from rankcraft.models.arch.format import Arch, load_arch, parse_arch
 from rankcraft.models.arch.cost import arch_flops
-from rankcraft.search.dnas import DnasSupernet
-from rankcraft.models.arch.zoo import zoo_arch, zoo_params
+from rankcraft.models.arch.format import Arch, load_arch, parse_arch
 from rankcraft.models.arch.network import ArchNet
+from rankcraft.models.arch.zoo import zoo_arch, zoo_params
+from rankcraft.search.dnas import DnasSupernet
 from rankcraft.search.space import PRESETS, get_space
 from rankcraft.search.supernet import Supernet
 from rankcraft.training.profile import count_parameters, flops_per_example

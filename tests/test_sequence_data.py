@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-
-from rankcraft.data.dataset import prepare
-from rankcraft.data.catalog import get_source
-from rankcraft.data.recipes import add_histories, load_ml100k_table
-
 from conftest import shared
+
+from rankcraft.data.catalog import get_source
+from rankcraft.data.dataset import prepare
+from rankcraft.data.recipes import add_histories, load_ml100k_table
 
 
 def _table(events):

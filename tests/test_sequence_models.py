@@ -271,8 +271,8 @@ def test_side_sequence_can_be_the_main_sequence():
 
 @pytest.fixture(scope="module")
 def ml100k_seq():
-    from rankcraft.data.dataset import prepare
     from rankcraft.data.catalog import get_source
+    from rankcraft.data.dataset import prepare
 
     return prepare(get_source("ml-100k-seq", str(shared("ml-100k"))))
 

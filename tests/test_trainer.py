@@ -17,7 +17,7 @@ from rankcraft.errors import CheckpointError
 from rankcraft.models import build_model
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
 from rankcraft.training.evaluation import evaluate
-from rankcraft.training.trainer import StopTraining, Trainer, TrainConfig
+from rankcraft.training.trainer import StopTraining, TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

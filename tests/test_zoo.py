@@ -8,15 +8,14 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import adam_steps
 
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models import available_models, build_model
-from rankcraft.search.space import get_space
 from rankcraft.models.catalog import requires_sequence
+from rankcraft.search.space import get_space
 from rankcraft.training.profile import flops_per_example
-
-from conftest import adam_steps
 
 STEPS, BATCH, LR = 40, 256, 1e-2
 

@@ -25,9 +25,20 @@ from urllib.parse import quote, unquote
 import numpy as np
 import torch
 
-from rankcraft.data.encoders import Encoders, describe_skips, validate_table
+from rankcraft.data.encoders import (
+    Encoders,
+    describe_skips,
+    validate_table,
+    vocabulary_warnings,
+)
 from rankcraft.data.features import FeatureSet, label_key
-from rankcraft.data.readers import RawTable, file_digest, read_table
+from rankcraft.data.readers import (
+    RawTable,
+    data_suffix,
+    file_digest,
+    open_text,
+    read_table,
+)
 from rankcraft.data.schema import Schema
 from rankcraft.errors import DataError
 
@@ -137,6 +148,10 @@ class DataSource:
 
 @dataclass
 class PreparedData:
+    """Fitted encoders and encoded splits. ``skipped`` summarises rows dropped by ``on_error: skip``;
+    ``warnings`` are preparation warnings (e.g. a mostly out-of-vocabulary feature, see
+    :func:`~rankcraft.data.encoders.vocabulary_warnings`), one line each, kept in the cache."""
+
     name: str
     features: FeatureSet
     encoders: Encoders
@@ -144,6 +159,7 @@ class PreparedData:
     skipped: list[str] = field(default_factory=list)
     cache_path: Path | None = None
     from_cache: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> dict:
         """Rows, label rate and vocabulary sizes (for ``rankcraft datasets``)."""
@@ -179,11 +195,10 @@ def encode_splits(raw: dict[str, RawTable], schema: Schema, *, valid_fraction: f
         checked["train"] = train
     enc = Encoders.fit(train, schema)
     splits = {split: ColumnData.from_numpy(enc.transform(t)) for split, t in checked.items()}
-    skipped += _check_label_classes(splits, schema, train.path)
     return enc, splits, skipped
 
 
-def _check_label_classes(splits: dict[str, ColumnData], schema: Schema, train_path: str | None) -> list[str]:
+def label_class_warnings(splits: dict[str, ColumnData], schema: Schema, train_path: str | None) -> list[str]:
     """A binary label with one class in the training split is an error (nothing to learn, AUC undefined); in
     another split it is a warning (its AUC will be reported as null)."""
     warnings = []
@@ -216,7 +231,10 @@ def prepare(source: DataSource, *, cache_dir: str | Path | None = None, use_cach
             shutil.rmtree(path, ignore_errors=True)
     raw = source.load_raw()
     enc, splits, skipped = encode_splits(raw, source.schema, valid_fraction=source.valid_fraction, seed=source.seed)
-    data = PreparedData(source.name, enc.feature_set(), enc, splits, skipped, path if use_cache else None)
+    warnings = label_class_warnings(splits, source.schema, raw["train"].path)
+    warnings += vocabulary_warnings(enc, {k: v.numpy() for k, v in splits["valid"].columns.items()})
+    data = PreparedData(source.name, enc.feature_set(), enc, splits, skipped, path if use_cache else None,
+                        warnings=warnings)
     if use_cache:
         _write_cache(path, data)
     return data
@@ -234,6 +252,7 @@ def _write_cache(path: Path, data: PreparedData) -> None:
                    for split, cd in data.splits.items()}
         (tmp / "meta.json").write_text(json.dumps({"name": data.name, "splits": list(data.splits),
                                                    "columns": columns, "skipped": data.skipped,
+                                                   "warnings": data.warnings,
                                                    "version": CACHE_VERSION}))
         if path.exists() and not (path / "meta.json").exists():
             shutil.rmtree(path, ignore_errors=True)  # a damaged leftover, not a concurrent writer's result
@@ -257,15 +276,18 @@ def _load_cache(path: Path, name: str) -> PreparedData:
         got = {k: [len(splits[s]), list(v.shape[1:])] for k, v in splits[s].columns.items()}
         if got != cols:
             raise ValueError(f"cache split '{s}' is incomplete")
-    return PreparedData(name, features, enc, splits, meta.get("skipped", []), path, from_cache=True)
+    return PreparedData(name, features, enc, splits, meta.get("skipped", []), path, from_cache=True,
+                        warnings=meta.get("warnings", []))
 
 
 def _first_record_width(path: str | Path, delimiter: str) -> int:
     import csv
 
-    if Path(path).suffix.lower() in (".parquet", ".pq"):
+    if data_suffix(path) in (".parquet", ".pq"):
         return -1
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+    if data_suffix(path) == ".tsv" and delimiter == ",":
+        delimiter = "\t"
+    with open_text(path, "utf-8-sig") as fh:
         rec = next(csv.reader(fh, delimiter=delimiter), [])
     return len(rec)
 

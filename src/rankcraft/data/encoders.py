@@ -16,13 +16,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rankcraft.data.features import FeatureInfo, FeatureSet
+from rankcraft.data.features import FeatureInfo, FeatureSet, label_key
 from rankcraft.data.readers import RawTable
-from rankcraft.data.features import label_key
 from rankcraft.data.schema import FeatureSpec, LabelSpec, Schema
 from rankcraft.errors import DataError
 
 PAD, OOV, FIRST_ID = 0, 1, 2
+
+# Preparation warns (see :func:`vocabulary_warnings`) when more than this share of a categorical / multi-valued /
+# sequence feature's validation tokens are out of vocabulary, or when more than LIST_LIKE_WARN_SHARE of its most
+# frequent training values look like lists under another separator. Splits with fewer than OOV_MIN_TOKENS tokens
+# are too small to judge.
+OOV_WARN_RATE = 0.5
+LIST_LIKE_WARN_SHARE = 0.5
+OOV_MIN_TOKENS = 20
+_VALUES_CHECKED = 10_000  # the most frequent vocabulary values inspected for list-like shapes
+_SEPARATORS = (",", ";", "|", "^", "\t")
 
 
 # ---------------------------------------------------------------------------------------------- parsing helpers
@@ -75,12 +84,52 @@ def parse_floats(values: pa.Array) -> np.ndarray | None:
     return out.to_numpy(zero_copy_only=False)
 
 
+_QUOTES = "'\""
+
+
+def _is_list_type(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _check_not_list(raw: RawTable, spec: FeatureSpec) -> None:
+    """A list-typed column (e.g. Parquet ``list<...>``) given as a single-valued feature is a one-line error."""
+    if spec.type in ("multi_categorical", "sequence"):
+        return
+    typ = raw.table.schema.field(spec.raw_column).type
+    if _is_list_type(typ):
+        raise DataError(f"is a list column ({typ}) but feature '{spec.name}' is {spec.type}; a list column needs "
+                        "`type: multi_categorical` or `type: sequence`", path=raw.path, column=spec.raw_column)
+
+
+def _split_cells(values: pa.Array, sep: str) -> tuple[pa.Array, np.ndarray | None]:
+    """Split string cells into lists: a cell in list syntax (``[a, b]``, ``['a', 'b']``, ``[]`` as pandas writes
+    lists) is split on commas inside its brackets, with whitespace and quotes stripped from every value; any other
+    cell is split on ``sep``. Returns (lists, per-row mask of list-syntax cells or ``None`` if there are none)."""
+    trimmed = pc.utf8_trim_whitespace(values)
+    bracketed = pc.and_(pc.starts_with(trimmed, "["), pc.ends_with(trimmed, "]"))
+    if not pc.any(bracketed).as_py():
+        return pc.split_pattern(values, sep), None
+    inner = pc.utf8_slice_codeunits(trimmed, 1, -1)
+    lists = pc.if_else(bracketed, pc.split_pattern(inner, ","), pc.split_pattern(values, sep))
+    return lists, bracketed.to_numpy(zero_copy_only=False)
+
+
 def _split_lists(values: pa.Array, sep: str) -> tuple[pa.Array, np.ndarray]:
-    """Split separated cells (or take list cells as they are); returns (flat non-empty values, row of each)."""
-    lists = values if pa.types.is_list(values.type) else pc.split_pattern(values, sep)
-    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    """Split separated cells (or take list cells, e.g. Parquet ``list<...>``, as they are); returns (flat non-empty
+    values, row of each). Cells in list syntax are accepted whatever ``sep`` is (see :func:`_split_cells`)."""
+    bracketed = None
+    if _is_list_type(values.type):
+        lists = values if values.type.value_type == pa.string() else pc.cast(values, pa.list_(pa.string()))
+    else:
+        lists, bracketed = _split_cells(values, sep)
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(lists)
     rows = np.repeat(np.arange(len(values), dtype=np.int64), lengths)
+    if bracketed is not None:  # strip blanks and quotes from the values of list-syntax cells only
+        from_list = pa.array(bracketed[rows])
+        cleaned = pc.utf8_trim(pc.utf8_trim_whitespace(flat), characters=_QUOTES)
+        flat = pc.if_else(from_list, cleaned, flat)
+    flat = pc.fill_null(flat, "")
     keep = pc.not_equal(flat, "")
     flat = flat.filter(keep)
     rows = rows[keep.to_numpy(zero_copy_only=False)]
@@ -375,6 +424,7 @@ def validate_table(raw: RawTable, schema: Schema, *, labels: bool = True) -> Raw
         if problems and schema.on_error == "raise":
             break
     for spec in schema.features:
+        _check_not_list(raw, spec)
         if spec.type != "numeric":
             continue
         col = _column(raw, spec.raw_column)
@@ -392,6 +442,87 @@ def validate_table(raw: RawTable, schema: Schema, *, labels: bool = True) -> Raw
     keep = np.ones(raw.num_rows, dtype=bool)
     keep[bad_rows] = False
     return raw.filter_rows(pa.array(keep), [(r, reasons[r]) for r in bad_rows])
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary checks
+def _shown(sep: str) -> str:
+    return "\\t" if sep == "\t" else sep
+
+
+def _list_like(spec: FeatureSpec, values: list[str]) -> str:
+    """Why the (most frequent) vocabulary values of ``spec`` look like lists it does not split, or ``""``."""
+    if not values:
+        return ""
+    arr = pa.array(values[:_VALUES_CHECKED], pa.string())
+    n = len(arr)
+    trimmed = pc.utf8_trim_whitespace(arr)
+
+    def share(mask: pa.Array) -> float:
+        return pc.sum(pc.cast(mask, pa.int64())).as_py() / n
+
+    bracket = pc.or_(pc.or_(pc.starts_with(trimmed, "["), pc.ends_with(trimmed, "]")),
+                     pc.or_(pc.match_substring_regex(trimmed, "^['\"]"), pc.match_substring_regex(trimmed, "['\"]$")))
+    if share(bracket) > LIST_LIKE_WARN_SHARE:
+        if spec.type == "categorical":
+            return ("its values look like lists in '[a, b]' syntax: declare it `type: multi_categorical` (or "
+                    "`sequence`), which splits them")
+        return ("its values look like pieces of lists in '[a, b]' syntax (brackets or quotes left after splitting "
+                f"on '{_shown(spec.separator)}')")
+    if spec.type == "categorical":
+        return ""
+    for sep in _SEPARATORS:
+        if sep != spec.separator and share(pc.match_substring(arr, sep)) > LIST_LIKE_WARN_SHARE:
+            return (f"its values look like lists separated by '{_shown(sep)}' but its separator is "
+                    f"'{_shown(spec.separator)}' (set `separator: \"{_shown(sep)}\"`)")
+    return ""
+
+
+def vocabulary_warnings(encoders: Encoders, valid: dict[str, np.ndarray]) -> list[str]:
+    """Warnings about categorical, multi-valued and sequence features after fitting (on train) and encoding the
+    validation split ``valid`` (the arrays of :meth:`Encoders.transform`).
+
+    A feature is reported when more than :data:`OOV_WARN_RATE` of its non-empty validation tokens are out of
+    vocabulary (id 1; judged only with at least :data:`OOV_MIN_TOKENS` tokens; hashed features have no OOV), or when
+    its most frequent training values look like lists its separator does not split (values containing another
+    common separator, or left-over ``[``/``]``/quotes), each message naming the feature, the rate and the likely
+    cause. Returns one line per warning.
+    """
+    out = []
+    cat_index = 0
+    for spec in encoders.schema.features:
+        if spec.type == "numeric":
+            if spec.transform == "bucketize":
+                cat_index += 1
+            continue
+        if spec.type == "categorical":
+            ids = valid["cat"][:, cat_index] if "cat" in valid and valid["cat"].shape[1] > cat_index else None
+            cat_index += 1
+        else:
+            ids = valid.get(spec.name)
+        vocab = encoders.vocab(spec)
+        if vocab.hash_buckets is not None:
+            continue
+        list_like = _list_like(spec, vocab.values or [])
+        where = f"feature '{spec.name}' (column '{spec.raw_column}')"
+        tokens = int(np.count_nonzero(ids)) if ids is not None else 0
+        rate = float(np.count_nonzero(ids == OOV)) / tokens if tokens else 0.0
+        if tokens >= OOV_MIN_TOKENS and rate > OOV_WARN_RATE:
+            if list_like:
+                cause = list_like
+            elif not vocab.values:
+                cause = "the training split has no values for it"
+            elif spec.type == "categorical":
+                cause = ("values first seen after the training period (e.g. new users or items in a time split), "
+                         "different formats or ids between the files")
+            else:
+                cause = "different formats or ids between the files, or a wrong separator"
+            if spec.min_count > 1 and vocab.values is not None:
+                cause += f", or min_count {spec.min_count} too high"
+            out.append(f"{where}: {rate:.0%} of its {tokens:,} validation values are out of vocabulary (not seen in "
+                       f"training); likely cause: {cause}")
+        elif list_like:
+            out.append(f"{where}: {list_like}")
+    return out
 
 
 def describe_skips(raw: RawTable, limit: int = 5) -> str:

@@ -7,11 +7,18 @@ say ``file, line N, column 'c'``.
 
 Line numbers are 1-based physical lines with the header as line 1. Empty lines are ignored (as pyarrow does).
 Quoted values spanning several lines are not supported (``newlines_in_values`` is off) so that rows map to lines.
+
+Compressed text files are read transparently: gzip and zstd are recognised by their magic bytes (so ``data.csv.gz``,
+``data.tsv.zst`` and even a gzip file named ``data.csv`` all work), and line numbers refer to the *decompressed*
+text. A compression suffix is ignored when deciding the format (``x.tsv.gz`` is tab-separated, ``x.parquet`` is
+Parquet; Parquet compresses internally and is never wrapped). Every reader first checks that the path is a readable
+regular file, so a missing file or a directory is a one-line :class:`DataError`.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +30,90 @@ import pyarrow.parquet as pq
 from rankcraft.errors import DataError
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"))
+# delimiters the missing-columns error suggests when a header parses to a single column containing one of them
+_DELIMITER_NAMES = (("\t", "tab", "\\t"), (";", "semicolon", ";"), ("|", "pipe", "|"), (",", "comma", ","))
+
+
+# ------------------------------------------------------------------------------------------------ file access
+def check_data_file(path: str | os.PathLike) -> str:
+    """``path`` as a string if it names a readable regular file; otherwise a one-line :class:`DataError`
+    (``file not found``, ``is a directory, not a data file``, ``permission denied``)."""
+    path = str(path)
+    if os.path.isdir(path):
+        raise DataError("is a directory, not a data file", path=path)
+    if not os.path.exists(path):
+        raise DataError("file not found", path=path)
+    if not os.access(path, os.R_OK):
+        raise DataError("cannot read the file: permission denied", path=path)
+    return path
+
+
+def compression_of(path: str | os.PathLike) -> str | None:
+    """``"gzip"``, ``"zstd"`` or ``None``, from the file's first bytes. A name ending in ``.gz``/``.zst``/``.zstd``
+    whose content is not compressed that way is an error (it would otherwise be parsed as garbage)."""
+    path = check_data_file(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    found = next((codec for magic, codec in _MAGIC if head.startswith(magic)), None)
+    named = COMPRESSION_SUFFIXES.get(Path(path).suffix.lower())
+    if named is not None and found != named and head:
+        raise DataError(f"the name ends in '{Path(path).suffix}' but the content is not {named}-compressed",
+                        path=path)
+    return found
+
+
+def data_suffix(path: str | os.PathLike) -> str:
+    """The format suffix of a file name, ignoring a compression suffix: ``x.tsv.gz`` → ``.tsv``."""
+    p = Path(path)
+    if p.suffix.lower() in COMPRESSION_SUFFIXES:
+        p = p.with_suffix("")
+    return p.suffix.lower()
+
+
+def open_binary(path: str | os.PathLike):
+    """A binary file object over the (decompressed) content of ``path``; use as a context manager."""
+    codec = compression_of(path)
+    if codec is None:
+        return open(path, "rb")
+    return pa.input_stream(str(path), compression=codec)
+
+
+def open_text(path: str | os.PathLike, encoding: str = "utf-8") -> io.TextIOWrapper:
+    """A text stream over the (decompressed) content of ``path`` for :mod:`csv` (``newline=""``, undecodable
+    bytes replaced)."""
+    return io.TextIOWrapper(open_binary(path), encoding=encoding, errors="replace", newline="")
+
+
+def first_line(path: str | os.PathLike) -> str:
+    """The first line of a (possibly compressed) text file, without its line ending (``""`` for an empty file)."""
+    with open_text(path, "utf-8-sig") as fh:
+        return fh.readline().rstrip("\r\n")
+
+
+def sniff_delimiter(path: str | os.PathLike, default: str = ",") -> str:
+    """The delimiter of a delimited text file guessed from its first line: tab, then semicolon, then pipe, if the
+    line contains one and no comma; else ``default`` (``.tsv`` files: tab)."""
+    if data_suffix(path) == ".tsv":
+        return "\t"
+    line = first_line(path)
+    if "," in line:
+        return ","
+    for d, _, _ in _DELIMITER_NAMES:
+        if d in line:
+            return d
+    return default
+
+
+def _delimiter_hint(names: list[str], delimiter: str) -> str:
+    """A hint for a header that parsed to a single column containing another common delimiter."""
+    if len(names) != 1:
+        return ""
+    for d, word, shown in _DELIMITER_NAMES:
+        if d != delimiter and d in names[0]:
+            return f"; the header looks {word}-separated: set `delimiter: \"{shown}\"` in the schema"
+    return ""
 
 
 @dataclass
@@ -75,7 +166,7 @@ class RawTable:
 
 
 def _has_blank_lines(path: str) -> bool:
-    with open(path, "rb") as fh:
+    with open_binary(path) as fh:
         prev = b"\n"
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             data = prev[-2:] + chunk
@@ -88,7 +179,7 @@ def _has_blank_lines(path: str) -> bool:
 def _data_lines(path: str, delimiter: str, header_lines: int, n_cols: int) -> list[int]:
     """Physical line numbers of the rows pyarrow keeps (non-empty, right number of fields)."""
     lines = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         for _ in range(header_lines):
             next(reader, None)
@@ -101,7 +192,7 @@ def _data_lines(path: str, delimiter: str, header_lines: int, n_cols: int) -> li
 
 
 def _read_header(path: str, delimiter: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+    with open_text(path, "utf-8-sig") as fh:
         rec = next(csv.reader(fh, delimiter=delimiter), None)
     if not rec:
         raise DataError("file is empty (no header line)", path=path, line=1)
@@ -111,7 +202,7 @@ def _read_header(path: str, delimiter: str) -> list[str]:
 def _find_ragged(path: str, delimiter: str, header_lines: int, n_cols: int) -> list[tuple[int, int]]:
     """(line, n_fields) of every non-empty record whose field count differs from ``n_cols``."""
     bad = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         for _ in range(header_lines):
             next(reader, None)
@@ -132,10 +223,12 @@ def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",
         column_names: names for a file without a header line; ``None`` means the first line is the header.
         on_error: ``"raise"``: a ragged row is a :class:`DataError` naming its line; ``"skip"``: such rows are
             dropped and listed in :attr:`RawTable.skipped`.
+
+    The file may be gzip- or zstd-compressed (see the module docstring). When the header parses to a single column
+    that contains a tab, semicolon, pipe or comma, the missing-columns error says which delimiter to set.
     """
-    path = str(path)
-    if not os.path.exists(path):
-        raise DataError("file not found", path=path)
+    path = check_data_file(path)
+    codec = compression_of(path)
     if column_names is None:
         names = _read_header(path, delimiter)
         header_lines = 1
@@ -144,7 +237,8 @@ def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",
         header_lines = 0
     missing = [c for c in columns if c not in names]
     if missing:
-        raise DataError(f"missing column(s) {missing}; the file has columns {names}", path=path,
+        hint = _delimiter_hint(names, delimiter) if header_lines else ""
+        raise DataError(f"missing column(s) {missing}; the file has columns {names}{hint}", path=path,
                         line=1 if header_lines else None, column=missing[0])
     dup = sorted({c for c in names if names.count(c) > 1})
     if dup:
@@ -160,10 +254,14 @@ def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",
     parse_opts = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
     convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in names}, include_columns=columns,
                                         strings_can_be_null=False, quoted_strings_can_be_null=False)
+    source = pa.input_stream(path, compression=codec) if codec else path
     try:
-        table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
+        table = pacsv.read_csv(source, read_options=read_opts, parse_options=parse_opts,
+                               convert_options=convert_opts)
     except pa.ArrowInvalid as exc:  # e.g. invalid UTF-8, unterminated quote
         raise DataError(f"cannot parse file: {exc}", path=path) from None
+    except OSError as exc:  # e.g. a truncated or corrupt compressed stream
+        raise DataError(f"cannot read file: {exc}", path=path) from None
     raw = RawTable(table, path, header_lines, "csv", delimiter, file_columns=len(names))
     if ragged:
         bad = _find_ragged(path, delimiter, header_lines, len(names))
@@ -176,9 +274,7 @@ def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",
 
 def read_parquet(path: str | os.PathLike, columns: list[str]) -> RawTable:
     """Read ``columns`` of a Parquet file, each cast to strings (list columns to lists of strings)."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise DataError("file not found", path=path)
+    path = _check_parquet(path)
     try:
         names = pq.read_schema(path).names
     except (pa.ArrowInvalid, OSError) as exc:
@@ -207,12 +303,23 @@ def table_to_strings(table: pa.Table) -> pa.Table:
     return pa.table(cols, names=table.column_names)
 
 
+def _check_parquet(path: str | os.PathLike) -> str:
+    path = check_data_file(path)
+    if Path(path).suffix.lower() in COMPRESSION_SUFFIXES:
+        raise DataError("a compressed Parquet file is not supported (Parquet compresses internally); "
+                        "decompress it", path=path)
+    return path
+
+
 def read_table(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",",
                column_names: list[str] | None = None, on_error: str = "raise") -> RawTable:
-    """Read a CSV/TSV (by default) or Parquet (``.parquet``/``.pq``) file."""
-    if Path(path).suffix.lower() in PARQUET_SUFFIXES:
+    """Read a CSV/TSV (by default) or Parquet (``.parquet``/``.pq``) file, optionally gzip/zstd-compressed
+    (text formats only). ``.tsv`` files default to a tab delimiter."""
+    check_data_file(path)
+    suffix = data_suffix(path)
+    if suffix in PARQUET_SUFFIXES:
         return read_parquet(path, columns)
-    if Path(path).suffix.lower() == ".tsv" and delimiter == ",":
+    if suffix == ".tsv" and delimiter == ",":
         delimiter = "\t"
     return read_csv(path, columns, delimiter=delimiter, column_names=column_names, on_error=on_error)
 
@@ -220,22 +327,25 @@ def read_table(path: str | os.PathLike, columns: list[str], *, delimiter: str = 
 def available_columns(path: str | os.PathLike, *, delimiter: str = ",",
                       column_names: list[str] | None = None) -> list[str]:
     """Column names of a file without reading its rows."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise DataError("file not found", path=path)
-    if Path(path).suffix.lower() in PARQUET_SUFFIXES:
-        return pq.read_schema(path).names
+    path = check_data_file(path)
+    if data_suffix(path) in PARQUET_SUFFIXES:
+        path = _check_parquet(path)
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"not a readable Parquet file: {exc}", path=path) from None
     if column_names is not None:
         return list(column_names)
-    if Path(path).suffix.lower() == ".tsv" and delimiter == ",":
+    if data_suffix(path) == ".tsv" and delimiter == ",":
         delimiter = "\t"
     return _read_header(path, delimiter)
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's content (part of the processed-cache key)."""
+    """SHA-256 of a file's raw (as stored, possibly compressed) bytes (part of the processed-cache key)."""
     import hashlib
 
+    path = check_data_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):

@@ -122,7 +122,7 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
         data = prepare_spec(config.data, cache_dir)
     prep_seconds = time.perf_counter() - t0
     if not config.train.quiet:
-        for msg in data.skipped:
+        for msg in data.skipped + data.warnings:
             print(f"warning: {msg}")
     objective = build_objective(config.objective, data.features)
     torch.manual_seed(config.train.seed)  # the initial weights are part of the seeded run
@@ -153,6 +153,7 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
         "steps": fit.steps,
         "stopped_early": fit.stopped_early,
         "skipped_rows": data.skipped,
+        "warnings": data.warnings,
     }
     if "test" in data.splits and len(data.splits["test"]):
         m = evaluate_data(model, data.splits["test"], objective, batch_size=config.train.eval_batch_size,

@@ -183,8 +183,10 @@ def test_several_labels_without_an_objective_is_an_error_that_says_how_to_declar
 def test_a_task_naming_a_missing_label_or_a_wrong_kind_is_a_named_error():
     with pytest.raises(ConfigError, match=r"objective.tasks\[1\]\(c\).label: no label named 'c'.*labels: a, b, w, r"):
         build_objective({"type": "multitask", "tasks": [{"name": "a"}, {"name": "c"}]}, FS2)
-    with pytest.raises(ConfigError, match="weight_column 'a' is a binary label"):
-        build_objective({"type": "multitask", "tasks": [{"name": "b", "weight_column": "a"}]}, FS2)
+    with pytest.raises(ConfigError, match="weight_column 'r' is a regression label"):
+        build_objective({"type": "multitask", "tasks": [{"name": "b", "weight_column": "r"}]}, FS2)
+    masked = build_objective({"type": "multitask", "tasks": [{"name": "b", "weight_column": "a"}]}, FS2)
+    assert masked.tasks[0].weight_column == "label/a"  # a binary label masks rows
     with pytest.raises(ConfigError, match="'r' is a regression label"):
         build_objective({"type": "binary", "label": "r"}, FS2)
     with pytest.raises(ConfigError, match="duplicate task names"):

@@ -345,3 +345,15 @@ def test_taobao_tiny_csv_with_sequence(shared_data, tmp_path):
     train_lens = (data.splits["train"].columns["clicks"] > 0).sum(1)
     assert train_lens.max() == 3  # the one long sequence was truncated to its last 3 items
     assert data.splits["train"].columns["group"].shape == (100,)
+
+
+def test_criteo_recipe_reads_a_gzip_file_with_the_same_header_and_delimiter(shared_data, tmp_path):
+    import gzip
+
+    path = shared_data("samples", "deepctr", "criteo_sample.txt")
+    gz = tmp_path / "criteo_sample.txt.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    plain, packed = get_source("criteo", data_dir=str(path)), get_source("criteo", data_dir=str(gz))
+    assert packed.schema == plain.schema
+    a, b = prepare(plain, use_cache=False), prepare(packed, use_cache=False)
+    assert all(torch.equal(a.splits["train"].columns[k], b.splits["train"].columns[k]) for k in ("cat", "num"))

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from rankcraft.data.dataset import DataSource
-from rankcraft.data.readers import RawTable
+from rankcraft.data.readers import RawTable, first_line, sniff_delimiter
 from rankcraft.data.registry import find_data_dir, recipe
 from rankcraft.data.schema import FeatureSpec, Schema
 from rankcraft.data.synthetic import synthetic_raw
@@ -242,17 +242,13 @@ def _files_of(name: str, data_dir: str | None) -> tuple[dict[str, str], str]:
                 files[split] = str(hits[0])
         if "train" not in files:
             raise DataError(f"dataset '{name}': no train file in directory", path=str(p))
-    with open(files["train"], encoding="utf-8", errors="replace") as fh:
-        first = fh.readline()
-    delimiter = "\t" if "\t" in first else ","
-    return files, delimiter
+    return files, sniff_delimiter(files["train"])
 
 
 @recipe("criteo", "Criteo display ads: label, I1-I13 numeric (log1p), C1-C26 categorical (min_count 2)")
 def criteo_source(data_dir: str | None = None, *, min_count: int = 2) -> DataSource:
     files, delim = _files_of("criteo", data_dir)
-    with open(files["train"], encoding="utf-8", errors="replace") as fh:
-        has_header = fh.readline().split(delim)[0].strip().lower() == "label"
+    has_header = first_line(files["train"]).split(delim)[0].strip().lower() == "label"
     feats = [FeatureSpec(name=f"I{i}", type="numeric", transform="log") for i in range(1, 14)]
     feats += [FeatureSpec(name=f"C{i}", type="categorical", min_count=min_count) for i in range(1, 27)]
     schema = Schema(labels=["label"], features=feats, delimiter=delim,

@@ -14,7 +14,8 @@ Config (``objective:`` in a run config; a discriminated union on ``type``):
   monitor_weight}``. Loss ``L = Σ_t w_t L_t`` or, with ``uncertainty_weighting``, Kendall et al.'s
   ``L = Σ_t exp(−s_t) L_t + s_t`` with a learned ``s_t = log σ_t²`` per task.
 
-Per-task loss with sample weights ``ω_i`` (a label of kind ``weight``; rows with ``ω_i = 0`` are masked):
+Per-task loss with sample weights ``ω_i`` (a label of kind ``weight``, or a binary label used as a mask, e.g. a
+CVR task on clicked rows only: ``weight_column: click``; rows with ``ω_i = 0`` are left out):
 ``L_t = Σ_i ω_i ℓ(z_i, y_i) / max(Σ_i ω_i, 1e-12)``; ``ℓ`` is BCE with logits for binary/soft tasks and squared
 error for regression tasks. Heads without a task (e.g. ESMM's CVR) are predicted but not supervised.
 
@@ -307,8 +308,9 @@ def _weight(features: FeatureSet, name: str | None, where: str) -> str | None:
     if name is None:
         return None
     kind = _label_kind(features, name, where)
-    if kind != "weight":
-        raise ConfigError(f"{where}: weight_column '{name}' is a {kind} label; declare it with kind: weight")
+    if kind not in ("weight", "binary"):
+        raise ConfigError(f"{where}: weight_column '{name}' is a {kind} label; a sample weight is a weight label "
+                          "(or a binary one, which masks rows: e.g. a CVR task weighted by click)")
     return label_key(name)
 
 

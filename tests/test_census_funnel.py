@@ -162,6 +162,8 @@ def test_funnel_options_and_errors():
     assert src.fingerprint() != funnel_source(rows=2_000, seed=1).fingerprint()
     with pytest.raises(ConfigError, match="no_such_option"):
         DataSpec(recipe="funnel", options={"no_such_option": 1}).source()
+    with pytest.raises(DataError, match="rows"):
+        funnel_source(rows=5)
     with pytest.raises(ValueError, match="ctr_rate"):
         make_funnel(10, ctr_rate=1.5)
     with pytest.raises(DataError, match="split 'nope'"):

@@ -161,6 +161,8 @@ def funnel_splits(table: pa.Table) -> dict[str, pa.Table]:
 def funnel_source(data_dir: str | None = None, *, rows: int = 200_000, seed: int = 0, **options) -> DataSource:
     """Options: ``rows``, ``seed`` and any keyword of :func:`make_funnel` (``ctr_rate``, ``cvr_rate``, ``shared``,
     ``anti``, ``n_items``, ...). ``data_dir`` is ignored (nothing is read)."""
+    if rows < 10:
+        raise DataError(f"funnel: rows must be >= 10 (three splits), got {rows}")
     make_funnel(1, seed=seed, **options)  # unknown or invalid options fail here, before any loading
 
     def load() -> dict[str, RawTable]:

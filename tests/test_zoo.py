@@ -13,7 +13,7 @@ from conftest import adam_steps
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models import available_models, build_model
-from rankcraft.models.catalog import requires_sequence
+from rankcraft.models.catalog import is_multitask, requires_sequence
 from rankcraft.search.space import get_space
 from rankcraft.training.profile import flops_per_example
 
@@ -56,8 +56,10 @@ VARIANTS = [
 # models with required hyperparameters: `arch` (a searched architecture) gets a member of the tiny search space
 # (it has its own tests in test_search_space)
 REQUIRED = {"arch": {"arch": get_space("tiny").sample(random.Random(0)).to_dict()}}
-# behaviour-sequence models need a sequence feature; they have their own tests (test_sequence_models, test_mos)
-CASES = [(m, dict(REQUIRED.get(m, {}))) for m in available_models() if not requires_sequence(m)] + VARIANTS
+# behaviour-sequence models need a sequence feature; they have their own tests (test_sequence_models, test_mos);
+# multi-task models return named heads and have theirs (test_multitask_models)
+CASES = [(m, dict(REQUIRED.get(m, {}))) for m in available_models()
+         if not requires_sequence(m) and not is_multitask(m)] + VARIANTS
 CASE_IDS = [m + "".join(f"-{k}={v}" for k, v in p.items() if k != "arch") for m, p in CASES]
 
 
@@ -133,7 +135,7 @@ def test_model_trains_roundtrips_and_profiles(name, params, full_data, tmp_path)
     assert flops_per_example(model, probe) > 0
 
 
-NON_SEQUENCE = [m for m in available_models() if not requires_sequence(m)]
+NON_SEQUENCE = [m for m in available_models() if not requires_sequence(m) and not is_multitask(m)]
 
 
 @pytest.mark.parametrize("name", NON_SEQUENCE)

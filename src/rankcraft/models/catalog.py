@@ -16,12 +16,16 @@ from rankcraft.models import (  # noqa: F401
     din,
     dlrm,
     dnn,
+    esmm,
     finalmlp,
     fm,
     interformer,
     lr,
     masknet,
+    mmoe,
     mos,
+    ple,
+    shared_bottom,
     transformer_seq,
     widedeep,
     xdeepfm,
@@ -43,6 +47,12 @@ def model_class(name: str) -> type[nn.Module]:
 def requires_sequence(name: str) -> bool:
     """True for behaviour-sequence models (their ``Params`` name the ``sequence`` feature they encode)."""
     return "sequence" in model_class(name).Params.model_fields
+
+
+def is_multitask(name: str) -> bool:
+    """True for multi-task models (they return a :class:`~rankcraft.models.output.ModelOutput` with named heads,
+    listed on the built model as ``model.heads``)."""
+    return bool(getattr(model_class(name), "multitask", False))
 
 
 def validate_params(name: str, params: dict | None) -> BaseModel:

@@ -32,11 +32,15 @@ def test_census_splits_sizes_and_label_rates(census):
     assert "census-income" in RECIPES
     rows = {k: t.num_rows for k, t in raw.items()}
     assert rows == {"train": 79_809, "valid": 9_976, "test": 9_977} and sum(rows.values()) == 99_762
-    labels = torch.cat([data.splits[s].columns["labels"] for s in ("train", "valid", "test")])
+    def both(split):
+        c = data.splits[split].columns
+        return torch.stack([c["label/income"], c["label/marital"]], 1)
+
+    labels = torch.cat([both(s) for s in ("train", "valid", "test")])
     assert labels.shape == (99_762, 2)
     assert labels.sum(0).tolist() == [6_186, 43_143]           # 6.20 % income > 50K, 43.25 % never married
     for s in ("train", "valid", "test"):                        # every split near the overall rates
-        rate = data.splits[s].columns["labels"].mean(0)
+        rate = both(s).mean(0)
         assert abs(rate[0] - 0.062) < 0.004 and abs(rate[1] - 0.432) < 0.015, (s, rate)
 
 
@@ -137,7 +141,7 @@ def test_funnel_has_selection_bias(funnel_table):
 
 def test_funnel_recipe_through_the_pipeline():
     src = get_source("funnel", rows=5_000, seed=3)
-    assert src.schema.labels == ["click", "purchase", "conversion"]
+    assert src.schema.label_names == ["click", "purchase", "conversion"]
     raw = src.load_raw()
     assert {k: t.num_rows for k, t in raw.items()} == {"train": 4_000, "valid": 500, "test": 500}
     data = prepare(src, use_cache=False)
@@ -147,8 +151,8 @@ def test_funnel_recipe_through_the_pipeline():
     truth = funnel_truth(src, "test")
     assert set(truth) == {"ctr", "cvr"} and all(v.shape == (500,) and v.dtype == np.float64 for v in truth.values())
     # row order: the prepared split is the raw split in order, so the truth lines up with its rows
-    labels = data.splits["test"].columns["labels"].numpy()
-    assert np.array_equal(labels[:, 0] == 1, as01(raw["test"].table["click"]))
+    click = data.splits["test"].columns["label/click"].numpy()
+    assert np.array_equal(click == 1, as01(raw["test"].table["click"]))
     assert np.array_equal(truth["cvr"], raw["test"].table.column("true_cvr").to_numpy())
     assert np.array_equal(funnel_truth(raw["test"])["ctr"], truth["ctr"])
     # ESMM builds on it with its fixed heads

@@ -357,7 +357,7 @@ def census_like_features() -> FeatureSet:
 
     schema = census_schema()
     return FeatureSet(tuple(FeatureInfo(f.name, f.type, vocab_size=20 if f.type == "categorical" else 0)
-                            for f in schema.features), labels=tuple(schema.labels))
+                            for f in schema.features), labels=tuple(schema.label_names))
 
 
 def census_parameter_counts(fs: FeatureSet, *, embeddings: bool) -> dict[str, int]:

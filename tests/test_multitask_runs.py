@@ -112,3 +112,21 @@ def test_bench_tabulates_per_task(tmp_path):
     md = (tmp_path / "b" / "results.md").read_text()
     assert "test click AUC" in md and "test ctr AUC" in md and "test ctcvr AUC" in md
     assert res["models"]["dnn-ctr"]["test_by_task"]["click/auc"]["mean"] > 0.5
+
+
+def test_scoring_shows_a_progress_bar_on_a_terminal(capsys, monkeypatch):
+    from rankcraft.data.dataset import ColumnData
+    from rankcraft.models.catalog import build_model
+    from rankcraft.training.evaluation import predict_heads
+
+    data = ColumnData({"cat": torch.randint(0, 5, (100, 2)), "num": torch.zeros(100, 0), "label": torch.zeros(100)})
+    from rankcraft.data.features import FeatureInfo, FeatureSet
+
+    fs = FeatureSet((FeatureInfo("a", "categorical", vocab_size=5), FeatureInfo("b", "categorical", vocab_size=5)))
+    model = build_model("lr", fs)
+    quiet = predict_heads(model, data, batch_size=10)
+    assert "scoring" not in capsys.readouterr().err
+    monkeypatch.setattr(type(__import__("sys").stderr), "isatty", lambda self: True, raising=False)
+    loud = predict_heads(model, data, batch_size=10, progress=True)
+    assert "scoring" in capsys.readouterr().err
+    np.testing.assert_array_equal(quiet["score"], loud["score"])

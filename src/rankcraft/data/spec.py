@@ -30,6 +30,13 @@ class DataSpec(BaseModel):
     valid_fraction: float = Field(default=0.1, gt=0, lt=1)
     options: dict = Field(default_factory=dict)  # recipe-specific options, e.g. {max_len: 100} for ml-100k-seq
 
+    def with_absolute_paths(self) -> "DataSpec":
+        """The same spec with every file/directory path absolute (a run directory's ``config.json`` stores
+        these, so ``--resume``, ``evaluate`` and ``predict`` work from any working directory)."""
+        upd = {k: str(Path(v).expanduser().resolve()) for k in ("data_dir", "schema_file", "train", "valid", "test")
+               if (v := getattr(self, k)) is not None}
+        return self.model_copy(update=upd)
+
     def source(self) -> DataSource:
         if self.recipe:
             opts = dict(self.options)

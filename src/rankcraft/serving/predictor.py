@@ -37,7 +37,7 @@ def evaluate(run_dir: str | Path, file: str | Path) -> dict:
     {...}}``). Every label the objective uses must be in the file."""
     run = load_run(run_dir)
     data, raw = encode_file(run.encoders, file)
-    m = evaluate_data(run.model, data, run.objective, batch_size=run.config.train.eval_batch_size)
+    m = evaluate_data(run.model, data, run.objective, batch_size=run.config.train.eval_batch_size, progress=True)
     m.pop("inference_rows_per_s", None)
     m = nest_by_head(m)
     if raw.skipped:
@@ -54,7 +54,8 @@ def predict(run_dir: str | Path, file: str | Path, out: str | Path | None = None
     if raw.skipped:
         raise ConfigError(f"{file}: {len(raw.skipped)} row(s) could not be read; predictions must cover every row "
                           f"({describe_skips(raw)})")
-    heads = predict_heads(run.model, data, run.objective, batch_size=run.config.train.eval_batch_size)
+    heads = predict_heads(run.model, data, run.objective, batch_size=run.config.train.eval_batch_size,
+                          progress=True)
     if out is not None:
         buf = io.BytesIO()
         pacsv.write_csv(pa.table({h: pa.array(p.astype(np.float64)) for h, p in heads.items()}), buf)

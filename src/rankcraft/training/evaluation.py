@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from rankcraft.data.dataset import ColumnData
 from rankcraft.models.output import as_output
@@ -20,15 +22,19 @@ def autocast(enabled: bool):
 
 @torch.no_grad()
 def predict_heads(model: nn.Module, data: ColumnData, objective: Objective | None = None, *,
-                  batch_size: int = 16384, bf16: bool = False) -> dict[str, np.ndarray]:
+                  batch_size: int = 16384, bf16: bool = False, progress: bool = False) -> dict[str, np.ndarray]:
     """Predictions of every head for every row of ``data``, in row order: ``{head: float32[N]}``
-    (probabilities for binary heads, values for regression heads; see :meth:`Objective.probabilities`)."""
+    (probabilities for binary heads, values for regression heads; see :meth:`Objective.probabilities`).
+    ``progress`` shows a progress bar on a terminal when there is more than one batch."""
     objective = objective or default_objective()
     was_training = model.training
     model.eval()
     out: dict[str, list[torch.Tensor]] = {}
+    n = data.num_batches(batch_size)
+    show = progress and n > 1 and sys.stderr.isatty()
     try:
-        for batch in data.batches(batch_size):
+        for batch in tqdm(data.batches(batch_size), total=n, disable=not show, desc="scoring", unit="batch",
+                          leave=False, dynamic_ncols=True):
             with autocast(bf16):
                 heads = objective.probabilities(as_output(model(batch)))
             for h, p in heads.items():
@@ -49,14 +55,14 @@ def predict_proba(model: nn.Module, data: ColumnData, *, batch_size: int = 16384
 
 
 def evaluate(model: nn.Module, data: ColumnData, objective: Objective | None = None, *, batch_size: int = 16384,
-             bf16: bool = False) -> dict:
+             bf16: bool = False, progress: bool = False) -> dict:
     """The objective's metrics of ``model`` on ``data`` (default: binary on ``"label"``, GAUC with a ``group``
     column), plus inference rows/s."""
     objective = objective or default_objective()
     if len(data) == 0:
         return {"rows": 0}
     t0 = time.perf_counter()
-    preds = predict_heads(model, data, objective, batch_size=batch_size, bf16=bf16)
+    preds = predict_heads(model, data, objective, batch_size=batch_size, bf16=bf16, progress=progress)
     dt = time.perf_counter() - t0
     m = objective.metrics(preds, data.columns)
     m["inference_rows_per_s"] = len(data) / dt if dt > 0 else None

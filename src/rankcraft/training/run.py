@@ -6,7 +6,7 @@
 
 A run directory holds ``config.json`` (the resolved :class:`RunConfig`), ``features.json`` and ``encoders.json``
 (fitted on the training split), ``metrics.jsonl`` (one line per epoch), ``report.json`` (final metrics, FLOPs,
-parameters, timings), ``best.pt`` (best weights) and ``last.pt`` (state to resume from). This module writes that
+parameters, timings), ``curves.png`` (training loss and validation metrics per epoch), ``best.pt`` (best weights) and ``last.pt`` (state to resume from). This module writes that
 format, so it is also the one that reads it back (:func:`load_run`).
 """
 
@@ -31,6 +31,7 @@ from rankcraft.files import atomic_write_json, atomic_write_text
 from rankcraft.models.catalog import build_model, validate_params
 from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint
+from rankcraft.training.curves import plot_curves
 from rankcraft.training.evaluation import evaluate as evaluate_data
 from rankcraft.training.objectives import Objective, ObjectiveConfig, build_objective
 from rankcraft.training.profile import count_parameters, flops_per_example, slice_batch
@@ -102,6 +103,18 @@ def check_heads(model: nn.Module, objective: Objective, data: ColumnData, name: 
         raise ConfigError(f"model '{name}': {exc}") from None
 
 
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The :class:`RunConfig` saved in a run directory; unreadable or invalid JSON is a named ConfigError."""
+    path = run_dir / "config.json"
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the run's config ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: not a run config (a JSON object)")
+    return RunConfig.parse(obj, str(path))
+
+
 def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bool = False,
           cache_dir: str | Path | None = None, data: PreparedData | None = None) -> RunResult:
     """Train one model; with ``out`` everything is written to that run directory (resumable with ``resume``)."""
@@ -112,7 +125,7 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
         if resume:
             if not (run_dir / "config.json").exists():
                 raise CheckpointError(f"{run_dir}: not a run directory (no config.json) — nothing to resume")
-            config = RunConfig.parse(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
+            config = read_run_config(run_dir)
         elif (run_dir / "last.pt").exists():
             raise CheckpointError(f"{run_dir}: holds a previous run; pass --resume to continue it or choose "
                                   "another --out")
@@ -129,6 +142,7 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
     model = build_model(config.model, data.features, config.params)
     check_heads(model, objective, data.splits["valid"], config.model)
     if run_dir is not None:
+        config = config.model_copy(update={"data": config.data.with_absolute_paths()})
         atomic_write_json(run_dir / "config.json", config.to_dict())
         atomic_write_text(run_dir / "encoders.json", data.encoders.to_json())
         atomic_write_json(run_dir / "features.json", data.features.to_dict())
@@ -161,6 +175,9 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
         report["test"] = objective_metrics(m, objective)
     if run_dir is not None:
         atomic_write_json(run_dir / "report.json", report)
+        if fit.history:
+            plot_curves(fit.history, objective.metric_names(), run_dir / "curves.png",
+                        title=f"{config.model} on {data.name}")
     return RunResult(run_dir, model, data, fit, report, objective)
 
 
@@ -180,7 +197,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     for f in ("config.json", "encoders.json", "features.json", "best.pt"):
         if not (run_dir / f).exists():
             raise CheckpointError(f"{run_dir}: not a finished run directory ({f} is missing)")
-    config = RunConfig.parse(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
+    config = read_run_config(run_dir)
     encoders = Encoders.from_json((run_dir / "encoders.json").read_text())
     features = FeatureSet.from_dict(json.loads((run_dir / "features.json").read_text()))
     model = build_model(config.model, features, config.params)

@@ -245,3 +245,47 @@ def test_a_one_class_training_label_is_an_error_and_a_one_class_valid_label_a_wa
         prepare(DataSource("t", s, files={"train": str(tr), "valid": str(va)}), use_cache=False)
     data = prepare(DataSource("t", s, files={"train": str(va), "valid": str(tr)}), use_cache=False)
     assert any("valid split" in w and "null" in w for w in data.warnings)
+
+
+# ------------------------------------------------------------------------------------------------ trackers
+def test_tensorboard_reporter_logs_every_numeric_metric_per_epoch(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    logged = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            logged.append(("dir", log_dir))
+
+        def add_scalar(self, k, v, step):
+            logged.append((k, v, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            logged.append(("closed",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    data = prepared(tmp_path)
+    obj = build_objective(MULTI, data.features)
+    Trainer(TwoHeads(), TrainConfig(epochs=2, batch_size=256, quiet=True, report_to=["jsonl", "tensorboard"],
+                                    early_stopping_patience=2), tmp_path / "run", objective=obj) \
+        .fit(data.splits["train"], data.splits["valid"])
+    assert logged[0] == ("dir", str(tmp_path / "run" / "tensorboard")) and logged[-1] == ("closed",)
+    steps = {(k, step) for k, _, step in [x for x in logged if len(x) == 3]}
+    assert {("a/auc", 1), ("b/logloss", 2), ("train_loss", 1), ("mean/auc", 2)} <= steps
+
+
+def test_a_missing_tracker_package_is_a_one_line_error_naming_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
+    from rankcraft.training.reporters import make_reporters
+
+    with pytest.raises(ConfigError, match=r"mlflow needs the mlflow package: pip install 'rankcraft\[mlflow\]'"):
+        make_reporters(["mlflow"], None)
+    assert make_reporters(["jsonl"], None) == []

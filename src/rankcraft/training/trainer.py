@@ -37,6 +37,7 @@ from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
 from rankcraft.training.evaluation import autocast, evaluate
 from rankcraft.training.objectives import Objective, default_objective, higher_is_better
+from rankcraft.training.reporters import make_reporters
 
 
 class TrainConfig(BaseModel):
@@ -71,6 +72,8 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(default=0, ge=0)  # steps; 0 = only time-based and at epoch ends
     checkpoint_seconds: float = Field(default=60.0, ge=0)
     quiet: bool = False
+    #: experiment trackers for the per-epoch metrics besides metrics.jsonl (see training/reporters.py)
+    report_to: list[Literal["jsonl", "tensorboard", "mlflow"]] = Field(default_factory=lambda: ["jsonl"])
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Trainer:
         self.optimizers = self._make_optimizers()
         self.scheduler = self._make_scheduler()
         self._best_state: dict | None = None
+        self.reporters: list = []
         if config.compile:
             self.forward = torch.compile(model)
         else:
@@ -224,6 +228,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: ColumnData, valid: ColumnData, *, resume: bool = False) -> FitResult:
+        """Train until ``epochs``, early stopping or ``max_steps``; resume from ``last.pt`` with ``resume``.
+        The trackers of ``report_to`` are open for the duration of the call."""
+        self.reporters = make_reporters(self.cfg.report_to, self.run_dir, self.cfg.model_dump(mode="json"))
+        try:
+            return self._fit(train, valid, resume=resume)
+        finally:
+            for r in self.reporters:
+                r.close()
+            self.reporters = []
+
+    def _fit(self, train: ColumnData, valid: ColumnData, *, resume: bool = False) -> FitResult:
         c = self.cfg
         torch.manual_seed(c.seed)
         monitor = self.objective.usable_monitor(self.monitor, valid.columns, warn=None if c.quiet else tqdm.write)
@@ -312,6 +327,8 @@ class Trainer:
                 self._sync_sparse_lr()
             if self.run_dir is not None:  # rewritten whole (atomically) so a resumed run never duplicates lines
                 atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            for r in self.reporters:
+                r.log_epoch(metrics, epoch + 1)
             if not c.quiet:
                 shown = [monitor] + [k for k in ("logloss", "mean/logloss") if k in metrics and k != monitor][:1]
                 vals = "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if metrics.get(k) is not None)

@@ -15,6 +15,7 @@ def plot_curves(history: list[dict], metric_names: list[str], path: str | Path, 
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     losses = [n for n in metric_names if n.rsplit("/", 1)[-1] in ("logloss", "mse", "mae")]
@@ -26,7 +27,7 @@ def plot_curves(history: list[dict], metric_names: list[str], path: str | Path, 
     def series(name):
         return [h.get(name) if isinstance(h.get(name), (int, float)) else float("nan") for h in history]
 
-    ax1.plot(epochs, series("train_loss"), marker="o", label="train loss")
+    ax1.plot(epochs, series("train_loss"), marker="o", label="train loss (objective total)")
     for n in losses:
         ax1.plot(epochs, series(n), marker="o", label=f"valid {n}")
     ax1.set_xlabel("epoch")
@@ -38,6 +39,8 @@ def plot_curves(history: list[dict], metric_names: list[str], path: str | Path, 
     ax2.set_title("ranking metrics")
     if scores:
         ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -6,6 +6,7 @@ See ``docs/operators.md`` for the math, shapes and users of each operator.
 from rankcraft.nn.attention import FieldSelfAttention
 from rankcraft.nn.cross import CrossNetMix, CrossNetV1, CrossNetV2
 from rankcraft.nn.embedding import FeatureEmbedding
+from rankcraft.nn.experts import CGCLayer, ExpertBank, MixtureOfExperts, SoftmaxGate, mix
 from rankcraft.nn.gating import (
     FeatureSelection,
     InstanceGuidedMask,
@@ -22,4 +23,5 @@ __all__ = [
     "CrossNetV1", "CrossNetV2", "CrossNetMix",
     "FieldSelfAttention",
     "SigmoidGating", "FeatureSelection", "InstanceGuidedMask", "MaskBlock",
+    "ExpertBank", "SoftmaxGate", "mix", "MixtureOfExperts", "CGCLayer",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import os
 import shutil
 
@@ -449,3 +450,12 @@ def test_bug_encode_file_headerless_without_labels(tmp_path):
     cd, _ = encode_file(data.encoders, pred, require_labels=False)
     assert "label" not in cd.columns
     assert cd.columns["cat"][:, 0].tolist() == [2, 1]
+
+
+def test_preparation_shows_its_stage_on_a_terminal(files, capsys, monkeypatch):
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True, raising=False)
+    prepare(source(files), use_cache=False)
+    err = capsys.readouterr().err
+    assert "preparing" in err and "encoding" in err
+    prepare(source(files), use_cache=False, progress=False)
+    assert "preparing" not in capsys.readouterr().err

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rankcraft.data.encoders import (
     Encoders,
@@ -219,8 +221,10 @@ def label_class_warnings(splits: dict[str, ColumnData], schema: Schema, train_pa
     return warnings
 
 
-def prepare(source: DataSource, *, cache_dir: str | Path | None = None, use_cache: bool = True) -> PreparedData:
-    """Prepare (or load from the cache) every split of ``source``."""
+def prepare(source: DataSource, *, cache_dir: str | Path | None = None, use_cache: bool = True,
+            progress: bool = True) -> PreparedData:
+    """Prepare (or load from the cache) every split of ``source``; ``progress`` shows the stage (reading,
+    encoding, writing the cache) on a terminal."""
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = source.fingerprint()
     path = cache_root / f"{source.name}-{key}"
@@ -229,14 +233,24 @@ def prepare(source: DataSource, *, cache_dir: str | Path | None = None, use_cach
             return _load_cache(path, source.name)
         except Exception:  # any damage (missing/truncated files, bad JSON): rebuild below
             shutil.rmtree(path, ignore_errors=True)
-    raw = source.load_raw()
-    enc, splits, skipped = encode_splits(raw, source.schema, valid_fraction=source.valid_fraction, seed=source.seed)
-    warnings = label_class_warnings(splits, source.schema, raw["train"].path)
-    warnings += vocabulary_warnings(enc, {k: v.numpy() for k, v in splits["valid"].columns.items()})
-    data = PreparedData(source.name, enc.feature_set(), enc, splits, skipped, path if use_cache else None,
-                        warnings=warnings)
-    if use_cache:
-        _write_cache(path, data)
+    show = progress and sys.stderr.isatty()
+    with tqdm(total=3 if use_cache else 2, desc=f"preparing {source.name}", disable=not show, leave=False,
+              bar_format="{desc}: {n}/{total} {postfix}") as bar:
+        bar.set_postfix_str("reading")
+        raw = source.load_raw()
+        bar.update(1)
+        bar.set_postfix_str(f"encoding {sum(t.num_rows for t in raw.values()):,} rows")
+        enc, splits, skipped = encode_splits(raw, source.schema, valid_fraction=source.valid_fraction,
+                                             seed=source.seed)
+        warnings = label_class_warnings(splits, source.schema, raw["train"].path)
+        warnings += vocabulary_warnings(enc, {k: v.numpy() for k, v in splits["valid"].columns.items()})
+        data = PreparedData(source.name, enc.feature_set(), enc, splits, skipped, path if use_cache else None,
+                            warnings=warnings)
+        bar.update(1)
+        if use_cache:
+            bar.set_postfix_str("writing the cache")
+            _write_cache(path, data)
+            bar.update(1)
     return data
 
 

@@ -59,6 +59,11 @@ class _HelpFormatter(argparse.HelpFormatter):
             text = text.replace("{preset_datasets}", ", ".join(load_presets()))
         return text
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)  # keep ml-100k-seq whole
+
 
 def _recipe_names() -> list[str]:
     """The built-in recipes, in the order ``rankcraft datasets`` lists them."""
@@ -69,9 +74,9 @@ def _recipe_names() -> list[str]:
 
 def _add_data_args(p: argparse.ArgumentParser, without: str | None = None) -> None:
     """The data options; ``without``: what the command does when none is given (said in the help)."""
-    g = p.add_argument_group("data (a recipe, or a schema with files)" + (f"; {without}" if without else ""))
+    g = p.add_argument_group("data (a recipe, or a schema with files)")
     g.add_argument("--dataset", metavar="RECIPE", help="built-in recipe, as `rankcraft datasets` lists them: "
-                   "{recipes}" + (f" ({without})" if without else ""))
+                   "{recipes}" + (f". {without}" if without else ""))
     g.add_argument("--data-dir", help="directory (or file) of the recipe's raw data")
     g.add_argument("--schema", help="YAML schema for your own files")
     g.add_argument("--train", dest="train_file", help="training file (CSV/TSV/Parquet)")
@@ -398,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "benchmark presets (the settings `rankcraft bench` uses) the model's preset is the starting "
                        "point; --config and flags override it, --no-preset starts from the bare defaults. Every "
                        "config key: docs/config.md.")
-    _add_data_args(t, without="neither --dataset nor --schema: the synthetic recipe")
+    _add_data_args(t, without="Without --dataset and --schema (and no data section in --config): the synthetic "
+                   "recipe")
     t.add_argument("--config", help="YAML run config (data/model/params/train/objective sections; see "
                    "docs/config.md); flags override it")
     t.add_argument("--model", help="zoo model name (see `rankcraft models`); default dnn")

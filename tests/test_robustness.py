@@ -314,3 +314,19 @@ def test_sigterm_stops_train_like_ctrl_c_and_the_run_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "valid auc" in done.stdout
     assert json.loads((run / "report.json").read_text())["steps"] == 800
+
+
+# --------------------------------------------------------------------------------------------- docs
+def test_docs_config_names_every_run_config_key():
+    from rankcraft.data.spec import DataSpec
+    from rankcraft.training import objectives
+    from rankcraft.training.run import RunConfig
+    from rankcraft.training.trainer import TrainConfig
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    models = [RunConfig, DataSpec, TrainConfig] + [getattr(objectives, n) for n in (
+        "BinaryObjectiveConfig", "SoftLabelObjectiveConfig", "TaskConfig", "MultiTaskObjectiveConfig")
+        if hasattr(objectives, n)]
+    missing = [f"{m.__name__}.{f.alias or name}" for m in models for name, f in m.model_fields.items()
+               if f"`{f.alias or name}`" not in doc]
+    assert not missing, f"docs/config.md does not document: {missing}"

@@ -272,6 +272,15 @@ def test_the_frappe_preset_is_the_base_and_the_user_wins(capsys):
     other = preset_for("frappe_x1", "mos")
     assert other["row"] is False and other["params"] == {} and other["train"]["epochs"] == 100
     assert preset_for("criteo", "dnn") is None and preset_for(None, "dnn") is None
+    # presets may carry an objective: the row's, else the dataset's; the user's replaces it whole
+    census = {"data": {"recipe": "census-income"}, "model": "mmoe", "params": {}, "train": {}}
+    merged = _apply_preset(census)
+    assert merged["objective"] == {"type": "multitask", "tasks": [{"name": "income"}, {"name": "marital"}]}
+    assert "objective: {" in capsys.readouterr().out
+    assert preset_for("census_income", "dnn-income")["objective"] == {"type": "binary", "label": "income"}
+    mine = _apply_preset({**census, "objective": {"type": "binary", "label": "income"}})
+    assert mine["objective"] == {"type": "binary", "label": "income"}
+    assert "yours instead: objective" in capsys.readouterr().out
 
 
 def test_help_lists_the_catalog_recipes_and_the_defaults(capsys):

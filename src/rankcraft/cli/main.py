@@ -193,7 +193,9 @@ def _apply_preset(cfg: dict, *, no_preset: bool = False) -> dict:
         out["params"] = {**preset["params"], **cfg["params"]}
     if isinstance(cfg["train"], dict):
         out["train"] = {**preset["train"], **cfg["train"]}
-    print(_describe_preset(preset, cfg["train"], cfg["params"]))
+    if preset["objective"] is not None and cfg.get("objective") is None:  # an objective is replaced whole
+        out["objective"] = preset["objective"]
+    print(_describe_preset(preset, cfg["train"], cfg["params"], cfg.get("objective")))
     return out
 
 
@@ -201,7 +203,7 @@ def _preset_label(preset: dict) -> str:
     return preset["name"] if preset["row"] else preset["name"].rsplit("/", 1)[0]
 
 
-def _describe_preset(preset: dict, user_train, user_params) -> str:
+def _describe_preset(preset: dict, user_train, user_params, user_objective=None) -> str:
     """One line: the preset's name, its settings, which of them the user's config/flags replace."""
     def items(d: dict) -> str:
         return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in d.items())
@@ -215,9 +217,12 @@ def _describe_preset(preset: dict, user_train, user_params) -> str:
         body += f"; params: {items(preset['params']) or 'defaults'}"
     else:
         body += f"; no params for {row}"
+    if preset["objective"] is not None:
+        body += f"; objective: {json.dumps(preset['objective'], separators=(', ', ': '))}"
     line = f"{head} ({body})"
     mine = [k for k in preset["train"] if isinstance(user_train, dict) and k in user_train] + \
-        [k for k in preset["params"] if isinstance(user_params, dict) and k in user_params]
+        [k for k in preset["params"] if isinstance(user_params, dict) and k in user_params] + \
+        (["objective"] if preset["objective"] is not None and user_objective is not None else [])
     if mine:
         line += f"; yours instead: {', '.join(mine)}"
     return line + "; --no-preset for bare defaults"

@@ -1,7 +1,7 @@
 """Per-dataset training presets: the hyperparameters ``bench`` (and ``train`` on a recipe) use for each zoo model.
 
-``presets.yaml`` maps a dataset name to ``train`` defaults and, per model row, ``model`` (the zoo model when the row
-label differs), ``params`` and ``train`` overrides. Dataset names are matched after :func:`dataset_key`
+``presets.yaml`` maps a dataset name to ``train`` defaults, an optional ``objective`` and, per model row, ``model``
+(the zoo model when the row label differs), ``params``, and ``train`` and ``objective`` overrides. Dataset names are matched after :func:`dataset_key`
 normalisation (case-insensitive, ``_`` and ``-`` alike), the same rule the recipe catalog uses, so ``frappe_x1``,
 ``frappe-x1`` and ``Frappe_X1`` name one dataset.
 """
@@ -39,10 +39,11 @@ def dataset_presets(dataset: str | None, presets: dict | None = None) -> tuple[s
 def preset_for(dataset: str | None, model: str, presets: dict | None = None) -> dict | None:
     """The preset ``bench`` uses for row ``model`` on ``dataset``, or None when the dataset has no presets.
 
-    Returns ``{"name": "frappe_x1/dnn", "model": zoo model, "params": {...}, "train": {...}, "row": bool}``:
-    ``train`` is the dataset's training settings updated with the row's, ``model`` the row's zoo model (a row label
-    such as ``deepfm-xavier`` may name a variant of ``deepfm``), ``row`` whether the dataset has a row for ``model``
-    (without one, ``params`` is empty and ``train`` holds the dataset's settings only, as in ``bench``)."""
+    Returns ``{"name": "frappe_x1/dnn", "model": zoo model, "params": {...}, "train": {...}, "objective": {...} or
+    None, "row": bool}``: ``train`` is the dataset's training settings updated with the row's, ``objective`` the
+    row's or else the dataset's, ``model`` the row's zoo model (a row label such as ``deepfm-xavier`` may name a
+    variant of ``deepfm``), ``row`` whether the dataset has a row for ``model`` (without one, ``params`` is empty
+    and ``train`` and ``objective`` are the dataset's, as in ``bench``)."""
     found = dataset_presets(dataset, presets)
     if found is None:
         return None
@@ -51,5 +52,7 @@ def preset_for(dataset: str | None, model: str, presets: dict | None = None) -> 
     row = rows.get(model)
     train = dict(ds.get("train") or {})
     train.update((row or {}).get("train") or {})
+    objective = (row or {}).get("objective", ds.get("objective"))
     return {"name": f"{ds_name}/{model}", "model": (row or {}).get("model", model),
-            "params": dict((row or {}).get("params") or {}), "train": train, "row": row is not None}
+            "params": dict((row or {}).get("params") or {}), "train": train,
+            "objective": dict(objective) if isinstance(objective, dict) else objective, "row": row is not None}

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.csv as pacsv
 import pytest
 from conftest import shared
@@ -201,3 +205,170 @@ def test_analyze_sessions_on_an_event_file(capsys, tmp_path):
     assert r["sessions"] == 3 and r["users"] == 1 and r["events"] == 5
     assert r["hop_rate"] == 1.0  # Drama → Comedy → Drama: every session's theme is absent from the next one
     assert png.exists() and png.stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------------------------- issue #10
+def _one_line_error(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished run directory (synthetic data, one epoch) and a labelled file to evaluate it on."""
+    d = tmp_path_factory.mktemp("tinyrun")
+    code = main(["train", "--dataset", "synthetic", "--rows", "2000", "--model", "dnn", "--param",
+                 "hidden_units=[8]", "--epochs", "1", "--quiet", "--out", str(d / "run")])
+    assert code == 0
+    table, _ = make_synthetic(400, seed=5)
+    pacsv.write_csv(table, d / "test.csv")
+    return d
+
+
+def _copy_run(tiny_run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_run / "run", tmp_path / "run"))
+
+
+def test_train_starts_from_the_recipe_preset_and_says_so(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--dataset", "synthetic", "--rows", "2000", "--epochs", "1",
+                             "--param", "hidden_units=[8]", "--quiet", "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "no --model given: training dnn" in out
+    assert "using preset synthetic (train: epochs=10, batch_size=2048" in out and "yours instead: epochs" in out
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["model"] == "dnn" and cfg["train"]["batch_size"] == 2048 and cfg["train"]["epochs"] == 1
+    code, out, err = run_cli(capsys, "train", "--dataset", "synthetic", "--rows", "2000", "--epochs", "1",
+                             "--model", "dnn", "--param", "hidden_units=[8]", "--quiet", "--no-preset",
+                             "--out", tmp_path / "bare")
+    assert code == 0, err
+    assert "--no-preset: bare defaults" in out and "using preset" not in out and "no --model" not in out
+    assert json.loads((tmp_path / "bare" / "config.json").read_text())["train"]["batch_size"] == 4096
+
+
+def test_the_frappe_preset_is_the_base_and_the_user_wins(capsys):
+    from rankcraft.cli.main import _apply_preset
+    from rankcraft.training.presets import dataset_key, preset_for
+
+    cfg = {"data": {"recipe": "frappe_x1"}, "model": "dnn", "params": {"dropout": 0.1}, "train": {"epochs": 3}}
+    merged = _apply_preset(cfg)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("using preset frappe_x1/dnn (train: epochs=100, batch_size=4096, optimizer=adam")
+    assert "params: hidden_units=[400, 400, 400], batch_norm=true, dropout=0.2" in line
+    assert "yours instead: epochs, dropout" in line and "\n" not in line
+    assert merged["params"] == {"hidden_units": [400, 400, 400], "batch_norm": True, "dropout": 0.1}
+    assert merged["train"]["epochs"] == 3 and merged["train"]["embedding_l2"] == 0.05
+    assert merged["train"]["batch_size"] == 4096 and cfg["train"] == {"epochs": 3}  # the input is not modified
+    assert _apply_preset({**cfg, "params": {}, "train": {}}, no_preset=True)["params"] == {}
+    # one normalisation for every spelling of a dataset; a row may name a variant of a zoo model
+    assert dataset_key("Frappe_X1") == dataset_key("frappe-x1") == "frappe-x1"
+    assert preset_for("Frappe-X1", "dnn") == preset_for("frappe_x1", "dnn")
+    assert preset_for("frappe_x1", "deepfm-xavier")["model"] == "deepfm"
+    fm = preset_for("frappe_x1", "fm")
+    assert fm["train"]["embedding_l2"] == 5.0e-6 and fm["train"]["epochs"] == 100  # row over dataset settings
+    other = preset_for("frappe_x1", "mos")
+    assert other["row"] is False and other["params"] == {} and other["train"]["epochs"] == 100
+    assert preset_for("criteo", "dnn") is None and preset_for(None, "dnn") is None
+    # presets may carry an objective: the row's, else the dataset's; the user's replaces it whole
+    census = {"data": {"recipe": "census-income"}, "model": "mmoe", "params": {}, "train": {}}
+    merged = _apply_preset(census)
+    assert merged["objective"] == {"type": "multitask", "tasks": [{"name": "income"}, {"name": "marital"}]}
+    assert "objective: {" in capsys.readouterr().out
+    assert preset_for("census_income", "dnn-income")["objective"] == {"type": "binary", "label": "income"}
+    mine = _apply_preset({**census, "objective": {"type": "binary", "label": "income"}})
+    assert mine["objective"] == {"type": "binary", "label": "income"}
+    assert "yours instead: objective" in capsys.readouterr().out
+
+
+def test_help_lists_the_catalog_recipes_and_the_defaults(capsys):
+    from rankcraft.data.catalog import RECIPES
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in RECIPES), out
+    flat = " ".join(out.split())
+    assert "default dnn" in flat and "the synthetic recipe" in flat and "--no-preset" in flat
+    code, listing, _ = run_cli(capsys, "datasets")
+    assert [ln.split()[0] for ln in listing.splitlines()[1:1 + len(RECIPES)]] == list(RECIPES)
+
+
+def test_a_broken_run_config_is_one_line_naming_the_file(capsys, tmp_path, tiny_run):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "config.json").write_text('{"model": "dnn", "train": {"epochs": 1,}')
+    for argv in (["evaluate", run, tiny_run / "test.csv"], ["predict", run, tiny_run / "test.csv"],
+                 ["train", "--out", run, "--resume", "--quiet"]):
+        code, _, err = run_cli(capsys, *argv)
+        line = _one_line_error(err)
+        assert code == 2 and f"{run / 'config.json'}: run config is not valid JSON (line 1" in line, line
+
+
+def test_a_corrupt_checkpoint_is_named_on_evaluate(capsys, tmp_path, tiny_run):
+    run = _copy_run(tiny_run, tmp_path)
+    data = bytearray((run / "best.pt").read_bytes())
+    data[len(data) // 2] ^= 0x04
+    (run / "best.pt").write_bytes(bytes(data))
+    code, out, err = run_cli(capsys, "evaluate", run, tiny_run / "test.csv", "--json")
+    assert code == 2 and out == ""
+    assert f"{run / 'best.pt'}: corrupt: checksum mismatch" in _one_line_error(err)
+    (run / "best.pt").write_bytes(b"\x00garbage")
+    code, _, err = run_cli(capsys, "predict", run, tiny_run / "test.csv")
+    assert code == 2 and "best.pt" in _one_line_error(err) and "weights_only" not in err
+
+
+def test_a_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--rows", "1000", "--epochs", "1", "--quiet",
+                           "--out", tmp_path / "r")
+    assert code == 2
+    assert _one_line_error(err).startswith("error: No space left on device while writing "), err
+
+
+def test_a_diverging_loss_is_one_line(capsys, tmp_path, monkeypatch):
+    from rankcraft import api
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("training loss became nan at epoch 1, step 3; lower the learning rate or enable "
+                                 "clip_grad_norm")
+
+    monkeypatch.setattr(api, "train", diverge)
+    code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--rows", "1000", "--quiet",
+                           "--out", tmp_path / "r")
+    assert code == 2 and _one_line_error(err).startswith("error: training loss became nan at epoch 1, step 3")
+
+
+def test_system_errors_are_one_line(capsys, tmp_path, monkeypatch):
+    from rankcraft import api
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "data.csv"))
+
+    monkeypatch.setattr(api, "train", unreadable)
+    code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--rows", "1000", "--quiet",
+                           "--out", tmp_path / "r")
+    assert code == 2 and _one_line_error(err) == f"error: {tmp_path / 'data.csv'}: Permission denied"
+
+
+def test_evaluate_json_writes_undefined_metrics_as_null(capsys, tmp_path, tiny_run):
+    table = pacsv.read_csv(tiny_run / "test.csv", convert_options=pacsv.ConvertOptions(
+        column_types={"label": pa.string(), "genres": pa.string()}, strings_can_be_null=False))
+    zeros = table.filter(pa.compute.equal(table["label"], "0"))
+    pacsv.write_csv(zeros, tmp_path / "one_class.csv")
+    code, out, err = run_cli(capsys, "evaluate", tiny_run / "run", tmp_path / "one_class.csv", "--json")
+    assert code == 0, err
+    assert "NaN" not in out and "Infinity" not in out
+
+    def refuse(name):
+        raise ValueError(name)
+
+    m = json.loads(out, parse_constant=refuse)
+    assert m["auc"] is None and m["rows"] == zeros.num_rows
+    code, out, err = run_cli(capsys, "evaluate", tiny_run / "run", tmp_path / "one_class.csv")
+    assert code == 0 and "auc" in out and "n/a" in out

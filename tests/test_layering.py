@@ -3,7 +3,7 @@
 Every ``import``/``from ... import`` in every module counts, function-local ones included (a lazy import still
 couples the two modules). Layers, bottom to top::
 
-    errors, files, config, parallel → data → nn, analysis → models → training → search, serving → api → bench → cli
+    errors, files, interrupts, config, parallel → data → nn, analysis → models → training → search, serving → api → bench → cli
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import rankcraft
 ROOT = Path(rankcraft.__file__).parent
 
 LAYERS = {
-    "errors": 0, "files": 0, "config": 0, "parallel": 0, "__init__": 0,
+    "errors": 0, "files": 0, "interrupts": 0, "config": 0, "parallel": 0, "__init__": 0,
     "data": 1,
     "nn": 2, "analysis": 2,
     "models": 3,

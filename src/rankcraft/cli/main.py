@@ -1,14 +1,22 @@
 """``rankcraft`` command line.
 
-Errors in the user's input (bad data, config, checkpoint) are printed as one line naming the file, line and
-column, with exit status 2 — never a stack trace. ``RANKCRAFT_DEBUG=1`` shows the traceback.
+Errors in the user's input (bad data, config, checkpoint), a full disk, an unreadable file and a diverging loss are
+printed as one line naming the file, line and column, with exit status 2 — never a stack trace.
+``RANKCRAFT_DEBUG=1`` shows the traceback. Ctrl-C, and SIGTERM during ``train``/``search``/``bench``, stop the
+command the same way (the run or search directory stays resumable); the exit status is then ``128 + signal``
+(130 after Ctrl-C, 143 after SIGTERM).
+
+Run as the ``rankcraft`` program (:func:`main` without arguments), the process ends with ``os._exit`` once its
+output is flushed and the ``atexit`` handlers have run — see :func:`_end_process` for why.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +26,8 @@ import yaml
 from rankcraft.errors import ConfigError, RankcraftError
 
 DEMO_MODELS = ["lr", "fm", "dnn", "deepfm", "dcnv2", "finalmlp"]
+#: commands that leave a resumable directory: SIGTERM stops them like Ctrl-C
+INTERRUPTIBLE_COMMANDS = {"train", "search", "bench"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -35,9 +45,38 @@ def _kv(items: list[str] | None, what: str) -> dict:
     return out
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills ``{recipes}`` in help texts with the catalog's recipe names, only when help is shown (importing the
+    catalog imports torch, which the other commands' start-up should not pay for)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action) or ""
+        if "{recipes}" in text:
+            text = text.replace("{recipes}", ", ".join(_recipe_names()))
+        if "{preset_datasets}" in text:
+            from rankcraft.training.presets import load_presets
+
+            text = text.replace("{preset_datasets}", ", ".join(load_presets()))
+        return text
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)  # keep ml-100k-seq whole
+
+
+def _recipe_names() -> list[str]:
+    """The built-in recipes, in the order ``rankcraft datasets`` lists them."""
+    from rankcraft.data.catalog import RECIPES
+
+    return list(RECIPES)
+
+
+def _add_data_args(p: argparse.ArgumentParser, without: str | None = None) -> None:
+    """The data options; ``without``: what the command does when none is given (said in the help)."""
     g = p.add_argument_group("data (a recipe, or a schema with files)")
-    g.add_argument("--dataset", help="built-in recipe: synthetic, frappe_x1, ml-100k, criteo, avazu")
+    g.add_argument("--dataset", metavar="RECIPE", help="built-in recipe, as `rankcraft datasets` lists them: "
+                   "{recipes}" + (f". {without}" if without else ""))
     g.add_argument("--data-dir", help="directory (or file) of the recipe's raw data")
     g.add_argument("--schema", help="YAML schema for your own files")
     g.add_argument("--train", dest="train_file", help="training file (CSV/TSV/Parquet)")
@@ -68,12 +107,14 @@ def cmd_train(args) -> int:
     if args.resume:
         if not args.out:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        _check_run_config(args.out)
         res = api.train({}, out=args.out, resume=True, cache_dir=args.cache_dir)
         _print_report(res.report, args.out)
         return 0
     cfg: dict = {}
     if args.config:
-        cfg = api.RunConfig.from_yaml(args.config).to_dict()
+        api.RunConfig.from_yaml(args.config)  # errors name the file
+        cfg = api.read_config_yaml(args.config)  # as written: the preset fills only what it leaves out
     data = _data_spec(args)
     if data is not None:
         cfg["data"] = data
@@ -90,18 +131,22 @@ def cmd_train(args) -> int:
         params = dict(doc.get("params", {})) if isinstance(doc, dict) and "arch" in doc else {}
         params["arch"] = arch.to_dict()
         cfg["params"] = params
-    cfg.setdefault("params", {}).update(_kv(args.param, "--param"))
-    train = cfg.setdefault("train", {})
-    for key in ("epochs", "batch_size", "lr", "optimizer", "seed", "threads", "embedding_l2", "monitor",
-                "max_steps", "checkpoint_every"):
-        val = getattr(args, key)
-        if val is not None:
-            train[key] = val
-    if args.bf16:
-        train["bf16"] = True
-    if args.quiet:
-        train["quiet"] = True
-    train.update(_kv(args.opt, "--opt"))
+    params = cfg["params"] = _copy_section(cfg.get("params"))
+    if isinstance(params, dict):
+        params.update(_kv(args.param, "--param"))
+    train = cfg["train"] = _copy_section(cfg.get("train"))
+    if isinstance(train, dict):
+        for key in ("epochs", "batch_size", "lr", "optimizer", "seed", "threads", "embedding_l2", "monitor",
+                    "max_steps", "checkpoint_every"):
+            val = getattr(args, key)
+            if val is not None:
+                train[key] = val
+        if args.bf16:
+            train["bf16"] = True
+        if args.quiet:
+            train["quiet"] = True
+        train.update(_kv(args.opt, "--opt"))
+    cfg = _apply_preset(cfg, no_preset=args.no_preset)
     config = api.RunConfig.parse(cfg, "command line")
     out = args.out or f"runs/{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = api.train(config, out=out, cache_dir=args.cache_dir)
@@ -109,9 +154,120 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _copy_section(section):
+    """A config section to update: a copy of a mapping, ``{}`` for none (anything else is left for validation)."""
+    if section is None:
+        return {}
+    return dict(section) if isinstance(section, dict) else section
+
+
+def _apply_preset(cfg: dict, *, no_preset: bool = False) -> dict:
+    """``cfg`` (the user's config: --config, then flags) on top of the recipe's benchmark preset for its model.
+
+    Says (one line each) which data is used when none was given, which model is trained when none was named, and
+    which preset is used. The user's keys win over the preset's, key by key within ``train`` and ``params``."""
+    from rankcraft.training.presets import preset_for
+
+    data = cfg.get("data")
+    if data is None:
+        print("no --dataset/--schema given: training on the synthetic recipe")
+        recipe = "synthetic"
+    else:
+        recipe = data.get("recipe") if isinstance(data, dict) else None
+    model = cfg.get("model")
+    if model is None:
+        model = "dnn"
+        if recipe:
+            print(f"no --model given: training {model}")
+    if not recipe or not isinstance(model, str):
+        return cfg
+    preset = preset_for(recipe, model)
+    if preset is None:
+        return cfg
+    if no_preset:
+        print(f"--no-preset: bare defaults for {model} on {recipe}, not preset {_preset_label(preset)}")
+        return cfg
+    out = dict(cfg)
+    out["model"] = preset["model"]  # a preset row may name a variant of a zoo model, e.g. deepfm-xavier → deepfm
+    if isinstance(cfg["params"], dict):
+        out["params"] = {**preset["params"], **cfg["params"]}
+    if isinstance(cfg["train"], dict):
+        out["train"] = {**preset["train"], **cfg["train"]}
+    if preset["objective"] is not None and cfg.get("objective") is None:  # an objective is replaced whole
+        out["objective"] = preset["objective"]
+    print(_describe_preset(preset, cfg["train"], cfg["params"], cfg.get("objective")))
+    return out
+
+
+def _preset_label(preset: dict) -> str:
+    return preset["name"] if preset["row"] else preset["name"].rsplit("/", 1)[0]
+
+
+def _describe_preset(preset: dict, user_train, user_params, user_objective=None) -> str:
+    """One line: the preset's name, its settings, which of them the user's config/flags replace."""
+    def items(d: dict) -> str:
+        return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in d.items())
+
+    row = preset["name"].rsplit("/", 1)[1]
+    head = f"using preset {_preset_label(preset)}"
+    if preset["row"] and preset["model"] != row:
+        head += f" (zoo model {preset['model']})"
+    body = f"train: {items(preset['train']) or 'defaults'}"
+    if preset["row"]:
+        body += f"; params: {items(preset['params']) or 'defaults'}"
+    else:
+        body += f"; no params for {row}"
+    if preset["objective"] is not None:
+        body += f"; objective: {json.dumps(preset['objective'], separators=(', ', ': '))}"
+    line = f"{head} ({body})"
+    mine = [k for k in preset["train"] if isinstance(user_train, dict) and k in user_train] + \
+        [k for k in preset["params"] if isinstance(user_params, dict) and k in user_params] + \
+        (["objective"] if preset["objective"] is not None and user_objective is not None else [])
+    if mine:
+        line += f"; yours instead: {', '.join(mine)}"
+    return line + "; --no-preset for bare defaults"
+
+
+def _check_run_config(run_dir: str | Path) -> None:
+    """A run directory's ``config.json``, if present, must be valid JSON: say so naming the file (the commands
+    that read it would otherwise stop with a traceback)."""
+    from rankcraft.files import read_json
+
+    path = Path(run_dir) / "config.json"
+    if path.is_file():
+        read_json(path, "run config")
+
+
+def _fmt_metric(v, spec: str = ".4f") -> str:
+    """A metric for printing: an undefined one (None, NaN) as 'n/a'."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "n/a"
+    try:
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _fmt_value(v) -> str:
+    """A value as evaluate prints it: an undefined metric (None, NaN) as 'n/a', anything else as it is."""
+    return "n/a" if v is None or (isinstance(v, float) and v != v) else str(v)
+
+
+def _num(v) -> float:
+    """A metric as a float for tables (an undefined one, None, as NaN)."""
+    return float("nan") if v is None else float(v)
+
+
+def _dumps(obj, indent: int | None = None) -> str:
+    """``--json`` output: strict JSON, an undefined metric (NaN/inf) as null."""
+    from rankcraft.files import dumps_json
+
+    return dumps_json(obj, indent=indent)
+
+
 def _fmt_metrics(m: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
-                     if k != "rows" and not k.endswith("/rows"))
+    return "  ".join(f"{k} {_fmt_metric(v)}" if v is None or isinstance(v, float) else f"{k} {v}"
+                     for k, v in m.items() if k != "rows" and not k.endswith("/rows"))
 
 
 def _print_report(report: dict, out: str) -> None:
@@ -124,29 +280,32 @@ def _print_report(report: dict, out: str) -> None:
         if isinstance(m, dict):
             print(f"  {head}: {_fmt_metrics(m)}")
     print(f"best epoch {report['best_epoch']} (monitor {report.get('monitor', 'auc')})  params {report['params']:,}  "
-          f"flops/example {report['flops_per_example']:,.0f}  train {report['train_rows_per_s']:,.0f} rows/s")
+          f"flops/example {_fmt_metric(report['flops_per_example'], ',.0f')}  "
+          f"train {_fmt_metric(report['train_rows_per_s'], ',.0f')} rows/s")
     print(f"run directory: {out}")
 
 
 def cmd_evaluate(args) -> int:
     from rankcraft import api
 
+    _check_run_config(args.run_dir)
     m = api.evaluate(args.run_dir, args.file)
     if args.json:
-        print(json.dumps(m))
+        print(_dumps(m))
     else:
         for k, v in m.items():
             if isinstance(v, dict):
                 for name, x in v.items():
-                    print(f"{k + '/' + name:20s} {x}")
+                    print(f"{k + '/' + name:20s} {_fmt_value(x)}")
             else:
-                print(f"{k:20s} {v}")
+                print(f"{k:20s} {_fmt_value(v)}")
     return 0
 
 
 def cmd_predict(args) -> int:
     from rankcraft import api
 
+    _check_run_config(args.run_dir)
     p = api.predict(args.run_dir, args.file, args.out)
     heads = p if isinstance(p, dict) else {"score": p}
     n = len(next(iter(heads.values())))
@@ -176,11 +335,11 @@ def cmd_datasets(args) -> int:
     data = prepare(DataSpec.model_validate(spec).source(), cache_dir=args.cache_dir)
     desc = data.describe()
     if args.json:
-        print(json.dumps(desc, indent=2))
+        print(_dumps(desc, indent=2))
         return 0
     print(f"dataset {desc['name']}")
     for split, s in desc["splits"].items():
-        print(f"  {split:6s} rows {s['rows']:>10,}  label rate {s['label_rate']:.4f}")
+        print(f"  {split:6s} rows {s['rows']:>10,}  label rate {_fmt_metric(s['label_rate'])}")
     print("  features:")
     for f in desc["features"]:
         extra = f"vocab {f['vocab_size']:,}" if f["vocab_size"] else ""
@@ -216,11 +375,12 @@ def cmd_demo(args) -> int:
                                    "early_stopping_patience": 1, "seed": 0})
         res = api.train(cfg, out=Path(args.out) / name if args.out else None, data=data)
         r = res.report
-        rows.append((name, r["valid"]["auc"], r["valid"]["logloss"], r["valid"]["ne"], r["flops_per_example"],
-                     r["train_rows_per_s"], r.get("test", {}).get("auc", float("nan"))))
+        rows.append((name, _num(r["valid"].get("auc")), _num(r["valid"].get("logloss")),
+                     _num(r["valid"].get("ne")), _num(r["flops_per_example"]), _num(r["train_rows_per_s"]),
+                     _num(r.get("test", {}).get("auc"))))
         if not args.quiet:
-            print(f"  {name}: valid auc {r['valid']['auc']:.4f}")
-    rows.sort(key=lambda r: -r[1])
+            print(f"  {name}: valid auc {_fmt_metric(r['valid'].get('auc'))}")
+    rows.sort(key=lambda r: -r[1] if r[1] == r[1] else float("inf"))  # undefined AUCs last
     print()
     print(f"{'rank':>4}  {'model':10s} {'val AUC':>8} {'logloss':>8} {'NE':>7} {'test AUC':>8} "
           f"{'FLOPs/ex':>10} {'train rows/s':>13}")
@@ -231,16 +391,30 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help fills in ``{recipes}`` (subcommand parsers are of the same class)."""
+
+    def __init__(self, *args, formatter_class=_HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rankcraft", description="Build, search and serve CTR ranking models.")
+    p = _Parser(prog="rankcraft", description="Build, search and serve CTR ranking models.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model", description="Train a zoo model on a dataset recipe or on "
-                       "your own files described by a schema; writes a resumable run directory.")
-    _add_data_args(t)
-    t.add_argument("--config", help="YAML run config (data/model/params/train sections); flags override it")
-    t.add_argument("--model", help="zoo model name (see `rankcraft models`)")
+                       "your own files described by a schema; writes a resumable run directory. On a recipe with "
+                       "benchmark presets (the settings `rankcraft bench` uses) the model's preset is the starting "
+                       "point; --config and flags override it, --no-preset starts from the bare defaults. Every "
+                       "config key: docs/config.md.")
+    _add_data_args(t, without="Without --dataset and --schema (and no data section in --config): the synthetic "
+                   "recipe")
+    t.add_argument("--config", help="YAML run config (data/model/params/train/objective sections; see "
+                   "docs/config.md); flags override it")
+    t.add_argument("--model", help="zoo model name (see `rankcraft models`); default dnn")
+    t.add_argument("--no-preset", action="store_true", help="ignore the recipe's benchmark preset: bare defaults "
+                   "plus --config and flags")
     t.add_argument("--arch", help="architecture JSON (best.json from `rankcraft search`, or a bare architecture)")
     t.add_argument("--param", action="append", metavar="KEY=VALUE", help="model hyperparameter (repeatable)")
     t.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any training option (repeatable)")
@@ -249,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--optimizer", choices=["adam", "adamw", "adagrad", "sgd"])
     t.add_argument("--embedding-l2", type=float, help="L2 on embedding tables (FuxiCTR embedding_regularizer)")
-    t.add_argument("--monitor", choices=["auc", "logloss", "ne", "gauc"], help="early-stopping metric")
+    t.add_argument("--monitor", metavar="METRIC", help="early-stopping metric: any metric the objective reports "
+                   "(auc, logloss, ne, gauc; TASK/auc or mean/auc for a multitask objective); default auc")
     t.add_argument("--seed", type=int)
     t.add_argument("--threads", type=int, help="torch intra-op threads")
     t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
@@ -278,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_datasets)
 
     b = sub.add_parser("bench", help="benchmark zoo models on a dataset (writes results.json + results.md)",
-                       description="Train each model with the dataset's presets (rankcraft/bench/presets.yaml) "
+                       description="Train each model with the dataset's presets (rankcraft/training/presets.yaml) "
                        "and tabulate validation AUC/logloss, best epoch, FLOPs/example, params, rows/s, wall time.")
-    b.add_argument("--dataset", required=True, help="recipe: frappe_x1, ml-100k, synthetic, ...")
+    b.add_argument("--dataset", required=True, help="a recipe with presets: {preset_datasets}")
     b.add_argument("--data-dir")
     b.add_argument("--models", required=True, help="comma-separated zoo models")
     b.add_argument("--out", required=True, help="output directory")
@@ -387,7 +562,7 @@ def cmd_analyze_sessions(args) -> int:
         result = analyze_sessions(name, data_dir=data_dir, gap_seconds=args.gap_seconds, max_k=args.max_k,
                                   out_png=args.png, title=name)
     if args.json:
-        print(json.dumps(result, indent=2, default=float))
+        print(_dumps(result, indent=2))
     else:
         print(format_session_report(result))
         if args.png:
@@ -402,6 +577,9 @@ def cmd_search(args) -> int:
     if args.resume:
         if not (Path(args.out) / "config.json").exists():
             raise ConfigError(f"{args.out}: no search to resume (config.json is missing)")
+        from rankcraft.files import read_json
+
+        read_json(Path(args.out) / "config.json", "search config")
         fixed = [f"--{k.replace('_', '-')}" for k in ("config", "space", "strategy", "objective", "max_flops",
                                                         "seeds", "zoo", "fidelity_steps", "seed")
                  if getattr(args, k) is not None]
@@ -502,7 +680,7 @@ def cmd_arch_show(args) -> int:
         info["flops_per_example"] = arch_flops(arch, prepared.features, d)
         info["params"] = count_parameters(ArchNet(prepared.features, arch, d))
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(_dumps(info, indent=1))
     else:
         print(f"{args.file}: valid architecture, {info['blocks']} blocks, {info['live_nodes']} live node(s)")
         for line in info["nodes"]:
@@ -566,7 +744,7 @@ def cmd_models(args) -> int:
             fields = model_class(name).Params.model_fields
             info[name] = {k: ("<required>" if f.is_required() else f.default) for k, f in fields.items()}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(_dumps(info, indent=2))
     else:
         for name, params in info.items():
             print(f"{name:10s} " + " ".join(f"{k}={v}" for k, v in params.items()))
@@ -580,27 +758,112 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``rankcraft`` command line.
+
+    With ``argv`` (tests, other programs) the exit status is returned. Without (the ``rankcraft`` program, ``python -m
+    rankcraft.cli.main``) the process ends here with that status, see :func:`_end_process`."""
+    if argv is not None:
+        return _run(argv)
+    try:
+        code = _run(None)
+    except SystemExit as exc:  # argparse (--help, --version, usage errors)
+        code = _system_exit_status(exc)
+    except BaseException:  # a bug: the traceback and status 1, as Python itself would
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    _end_process(code)
+    return code  # not reached
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by commands that log how they were run
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    debug = bool(os.environ.get("RANKCRAFT_DEBUG"))
     try:
+        if args.command in INTERRUPTIBLE_COMMANDS:
+            from rankcraft.interrupts import terminate_as_interrupt
+
+            with terminate_as_interrupt():
+                return args.func(args)
         return args.func(args)
-    except RankcraftError as exc:
-        if os.environ.get("RANKCRAFT_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; a run continues with `rankcraft train --out RUN_DIR --resume` (a search with "
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rankcraft.interrupts.Terminated)
+        from rankcraft.interrupts import interrupt_exit_code
+
+        what = "terminated" if getattr(exc, "signum", None) == signal.SIGTERM else "interrupted"
+        print(f"\n{what}; a run continues with `rankcraft train --out RUN_DIR --resume` (a search with "
               "`rankcraft search --out DIR --resume`)", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(exc)
     except BrokenPipeError:  # output piped into e.g. `head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (RankcraftError, FloatingPointError, MemoryError, OSError) as exc:
+        if debug:
+            raise
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
+        return 2
+
+
+def _error_text(exc: BaseException) -> str:
+    """The message printed after ``error:``: the error's own for ours, one line naming the file for the system's."""
+    if isinstance(exc, RankcraftError):
+        return str(exc)
+    if isinstance(exc, FloatingPointError):  # the trainer's "training loss became nan at epoch E, step S; ..."
+        return " ".join(str(exc).split()) or "floating-point error (a NaN or infinite value)"
+    if isinstance(exc, MemoryError):
+        return "out of memory" + (f" ({exc})" if str(exc) else "") + "; try a smaller --batch-size or fewer rows"
+    assert isinstance(exc, OSError)
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return f"{reason} while writing {exc.filename}" if exc.filename else f"{reason} (disk full)"
+    names = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+def _system_exit_status(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _end_process(code: int) -> None:
+    """End the program without finalising the interpreter: join Python's non-daemon threads and run the ``atexit``
+    handlers as a normal exit does, flush stdout/stderr, then ``os._exit(code)``.
+
+    Why: native thread pools may still hold Python objects when the main thread is done. After ``pyarrow.csv.read_csv``
+    fails (a bad cell, invalid UTF-8), Arrow's reader keeps finishing its read-ahead on its own threads, and its last
+    reference — with the Python ``invalid_row_handler`` inside — can be dropped on one of them while the interpreter
+    is finalising. Taking the GIL then makes CPython end that thread (``pthread_exit``) inside a C++ destructor, and
+    the C++ runtime aborts the process: "terminate called without an active exception", status 134 instead of 2,
+    in up to half of the runs with ``OMP_NUM_THREADS=1`` (one Arrow CPU thread, so the read-ahead drains slowly).
+    ``os._exit`` skips interpreter finalisation and C++ static destructors, so the status is the one we return."""
+    try:
+        import threading
+
+        threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize does first: join non-daemon threads
+    except Exception:
+        pass
+    try:
+        import atexit
+
+        atexit._run_exitfuncs()
+    except Exception:
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

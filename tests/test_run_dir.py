@@ -46,3 +46,46 @@ def test_a_broken_config_json_is_a_named_error(tmp_path):
         api.load_run(tmp_path / "run")
     with pytest.raises(ConfigError, match=r"config.json: cannot read the run's config"):
         api.train({}, out=tmp_path / "run", resume=True)
+
+
+def test_a_run_directory_in_use_by_another_writer_fails_at_once_naming_it(tmp_path):
+    from rankcraft.errors import RankcraftError
+    from rankcraft.files import DirectoryLock
+
+    _files(tmp_path / "data")
+    cfg = {"data": {"schema_file": str(tmp_path / "data" / "s.yaml"), "train": str(tmp_path / "data" / "train.csv")},
+           "model": "lr", "train": {"epochs": 1, "quiet": True}}
+    with DirectoryLock(tmp_path / "run"):  # another writer holds it
+        with pytest.raises(RankcraftError, match=r"run is in use by (another rankcraft|this) process"):
+            api.train(cfg, out=tmp_path / "run")
+    api.train(cfg, out=tmp_path / "run")  # free again
+    with pytest.raises(Exception, match="holds a previous run"):
+        api.train(cfg, out=tmp_path / "run")
+
+
+def test_ctrl_c_mid_epoch_writes_last_pt_at_that_step_and_resume_finishes(tmp_path):
+    import os
+    import signal
+
+    import torch
+
+    from rankcraft.data.spec import prepare_spec
+    from rankcraft.models.catalog import build_model
+    from rankcraft.training.checkpoint import load_checkpoint
+    from rankcraft.training.trainer import Trainer, TrainConfig
+
+    data = prepare_spec({"recipe": "synthetic", "rows": 3000}, tmp_path / "cache")
+    cfg = TrainConfig(epochs=2, batch_size=100, quiet=True, checkpoint_seconds=0)
+
+    def interrupt_at_7(step):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    torch.manual_seed(0)
+    model = build_model("lr", data.features)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(model, cfg, tmp_path / "run", on_step=interrupt_at_7).fit(data.splits["train"], data.splits["valid"])
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["steps_total"] == 7 and state["step"] == 7 and state["epoch"] == 0
+    fit = Trainer(model, cfg, tmp_path / "run").fit(data.splits["train"], data.splits["valid"], resume=True)
+    assert fit.steps == 2 * data.splits["train"].num_batches(100)

@@ -20,7 +20,7 @@ from rankcraft.data.spec import DataSpec, prepare_spec
 from rankcraft.errors import ConfigError
 from rankcraft.files import atomic_write_json, atomic_write_text
 from rankcraft.training.evaluation import evaluate
-from rankcraft.training.presets import load_presets
+from rankcraft.training.presets import dataset_presets, load_presets
 from rankcraft.training.run import RunConfig
 from rankcraft.training.run import train as train_run
 
@@ -36,10 +36,10 @@ def run_benchmark(dataset: str, models: list[str], out: str | Path, *, data_dir:
                   command: str | None = None) -> dict:
     """Run the benchmark; returns the results dict that is also written to ``out/results.json``."""
     presets = presets or load_presets()
-    key = dataset.replace("_", "-") if dataset.replace("_", "-") in presets else dataset
-    if key not in presets:
+    found = dataset_presets(dataset, presets)
+    if found is None:
         raise ConfigError(f"no benchmark presets for dataset '{dataset}' (have: {', '.join(presets)})")
-    ds = presets[key]
+    ds = found[1]
     seeds = seeds or [2021]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,13 @@ See ``docs/operators.md`` for the math, shapes and users of each operator.
 from rankcraft.nn.attention import FieldSelfAttention
 from rankcraft.nn.cross import CrossNetMix, CrossNetV1, CrossNetV2
 from rankcraft.nn.embedding import FeatureEmbedding
-from rankcraft.nn.experts import CGCLayer, ExpertBank, MixtureOfExperts, SoftmaxGate, mix
+from rankcraft.nn.experts import (
+    CGCLayer,
+    ExpertBank,
+    MixtureOfExperts,
+    SoftmaxGate,
+    mix,
+)
 from rankcraft.nn.gating import (
     FeatureSelection,
     InstanceGuidedMask,

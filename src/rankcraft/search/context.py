@@ -22,7 +22,7 @@ from rankcraft.models.arch.zoo import zoo_arch
 from rankcraft.parallel import is_failure
 from rankcraft.search.config import SearchConfig, ZooRef
 from rankcraft.search.evaluate import evaluate_task
-from rankcraft.training.presets import load_presets
+from rankcraft.training.presets import dataset_presets, load_presets
 from rankcraft.training.trainer import TrainConfig
 
 
@@ -258,9 +258,8 @@ class SearchContext:
         return self.resolve_refs(self.cfg.zoo)
 
     def resolve_refs(self, refs: list) -> list[ZooRef]:
-        presets = load_presets()
-        recipe = str(self.cfg.data.get("recipe") or "")
-        ds = presets.get(recipe.replace("_", "-")) or presets.get(recipe) or {}
+        found = dataset_presets(str(self.cfg.data.get("recipe") or ""), load_presets())
+        ds = found[1] if found else {}
         out = []
         for z in refs:
             if isinstance(z, str):

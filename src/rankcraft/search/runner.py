@@ -17,7 +17,6 @@ seeded decisions over the stored results.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -29,7 +28,7 @@ Strategy = Literal["random", "evolution", "oneshot", "dnas"]
 
 from rankcraft.data.dataset import prepare
 from rankcraft.data.spec import DataSpec
-from rankcraft.files import atomic_write_json
+from rankcraft.files import atomic_write_json, read_json
 from rankcraft.models.catalog import model_class
 from rankcraft.parallel import make_executor
 from rankcraft.search.config import SearchConfig
@@ -54,7 +53,7 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
     out = Path(out)
     cfg_path = out / "config.json"
     if cfg_path.exists():
-        saved = json.loads(cfg_path.read_text())
+        saved = read_json(cfg_path, "search config")
         if not resume:
             raise ConfigError(f"{out}: holds a search already; pass --resume to continue it or choose another --out")
         if saved != cfg.to_dict():

@@ -27,7 +27,7 @@ from rankcraft.data.encoders import Encoders
 from rankcraft.data.features import FeatureSet
 from rankcraft.data.spec import DataSpec, prepare_spec
 from rankcraft.errors import CheckpointError, ConfigError
-from rankcraft.files import atomic_write_json, atomic_write_text
+from rankcraft.files import DirectoryLock, atomic_write_json, atomic_write_text
 from rankcraft.models.catalog import build_model, validate_params
 from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint
@@ -117,19 +117,27 @@ def read_run_config(run_dir: Path) -> RunConfig:
 
 def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bool = False,
           cache_dir: str | Path | None = None, data: PreparedData | None = None) -> RunResult:
-    """Train one model; with ``out`` everything is written to that run directory (resumable with ``resume``)."""
+    """Train one model; with ``out`` everything is written to that run directory (resumable with ``resume``).
+    The run directory is locked while the run writes to it: a second process using it fails at once, naming it."""
     if isinstance(config, dict):
         config = RunConfig.parse(config)
-    run_dir = Path(out) if out is not None else None
+    if out is None:
+        return _train(config, None, resume=resume, cache_dir=cache_dir, data=data)
+    run_dir = Path(out)
+    if resume and not (run_dir / "config.json").exists():
+        raise CheckpointError(f"{run_dir}: not a run directory (no config.json) — nothing to resume")
+    with DirectoryLock(run_dir):
+        return _train(config, run_dir, resume=resume, cache_dir=cache_dir, data=data)
+
+
+def _train(config: RunConfig, run_dir: Path | None, *, resume: bool, cache_dir: str | Path | None,
+           data: PreparedData | None) -> RunResult:
     if run_dir is not None:
         if resume:
-            if not (run_dir / "config.json").exists():
-                raise CheckpointError(f"{run_dir}: not a run directory (no config.json) — nothing to resume")
             config = read_run_config(run_dir)
         elif (run_dir / "last.pt").exists():
             raise CheckpointError(f"{run_dir}: holds a previous run; pass --resume to continue it or choose "
                                   "another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if data is None:
         data = prepare_spec(config.data, cache_dir)

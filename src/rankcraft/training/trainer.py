@@ -15,7 +15,6 @@ exactly the batches it had not finished.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -32,7 +31,8 @@ from tqdm.auto import tqdm
 
 from rankcraft.data.dataset import ColumnData
 from rankcraft.errors import CheckpointError, DataError
-from rankcraft.files import atomic_write_text
+from rankcraft.files import atomic_write_text, dumps_json_line
+from rankcraft.interrupts import DeferredInterrupts
 from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
 from rankcraft.training.evaluation import autocast, evaluate
@@ -231,14 +231,15 @@ class Trainer:
         """Train until ``epochs``, early stopping or ``max_steps``; resume from ``last.pt`` with ``resume``.
         The trackers of ``report_to`` are open for the duration of the call."""
         self.reporters = make_reporters(self.cfg.report_to, self.run_dir, self.cfg.model_dump(mode="json"))
-        try:
-            return self._fit(train, valid, resume=resume)
+        try:  # Ctrl-C / SIGTERM are deferred to a step boundary, where last.pt is written before stopping
+            with DeferredInterrupts() as stop:
+                return self._fit(train, valid, resume=resume, stop=stop)
         finally:
             for r in self.reporters:
                 r.close()
             self.reporters = []
 
-    def _fit(self, train: ColumnData, valid: ColumnData, *, resume: bool = False) -> FitResult:
+    def _fit(self, train: ColumnData, valid: ColumnData, *, resume: bool, stop: DeferredInterrupts) -> FitResult:
         c = self.cfg
         torch.manual_seed(c.seed)
         monitor = self.objective.usable_monitor(self.monitor, valid.columns, warn=None if c.quiet else tqdm.write)
@@ -290,6 +291,10 @@ class Trainer:
                     self._save_last(epoch, step + 1, best, history, steps_total, bad_epochs, rows,
                                     seconds + time.perf_counter() - t_epoch)
                     last_ckpt = time.monotonic()
+                if stop.requested:
+                    self._save_last(epoch, step + 1, best, history, steps_total, bad_epochs, rows,
+                                    seconds + time.perf_counter() - t_epoch)
+                    stop.check()
                 if c.max_steps and steps_total >= c.max_steps:
                     done_by_max = True
                     break
@@ -326,7 +331,7 @@ class Trainer:
                     self.scheduler.step()
                 self._sync_sparse_lr()
             if self.run_dir is not None:  # rewritten whole (atomically) so a resumed run never duplicates lines
-                atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+                atomic_write_text(self.run_dir / "metrics.jsonl", "".join(dumps_json_line(h) + "\n" for h in history))
             for r in self.reporters:
                 r.log_epoch(metrics, epoch + 1)
             if not c.quiet:
@@ -338,6 +343,7 @@ class Trainer:
             epoch += 1
             self._save_last(epoch, 0, best, history, steps_total, bad_epochs, rows, seconds)
             last_ckpt = time.monotonic()
+            stop.check()
             if done_by_max:
                 break
         if self.run_dir is not None and (self.run_dir / "best.pt").exists():

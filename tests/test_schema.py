@@ -272,3 +272,27 @@ def test_bug_unreadable_schema_file_is_config_error(tmp_path, kind):
     with pytest.raises(ConfigError) as ei:
         Schema.from_yaml(p)
     assert str(p) in str(ei.value)
+
+
+def test_numeric_looking_unquoted_names_in_yaml_get_a_quoting_hint(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("labels: [click]\nfeatures:\n  - {name: a, type: categorical}\n  - {name: 109_14, type: categorical}\n")
+    with pytest.raises(ConfigError, match=r"features\[1\]\.name is 10914, a int.*quote the name.*\"109_14\""):
+        Schema.from_yaml(p)
+    p.write_text("labels: [yes]\nfeatures:\n  - {name: a, type: categorical}\n")
+    with pytest.raises(ConfigError, match=r"labels\[0\] is True, a bool"):
+        Schema.from_yaml(p)
+    p.write_text("labels: [click]\nfeatures:\n  - {name: \"109_14\", type: categorical}\n")
+    assert Schema.from_yaml(p).features[0].name == "109_14"
+
+
+def test_train_report_to_reaches_the_trainer(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from rankcraft.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # not installed: the tracker is asked for and says so
+    code = main(["train", "--rows", "200", "--epochs", "1", "--report-to", "mlflow", "--out", str(tmp_path / "r"),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'rankcraft[mlflow]'" in err

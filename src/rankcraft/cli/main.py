@@ -145,6 +145,8 @@ def cmd_train(args) -> int:
             train["bf16"] = True
         if args.quiet:
             train["quiet"] = True
+        if args.report_to:
+            train["report_to"] = ["jsonl"] + [r for r in args.report_to.split(",") if r and r != "jsonl"]
         train.update(_kv(args.opt, "--opt"))
     cfg = _apply_preset(cfg, no_preset=args.no_preset)
     config = api.RunConfig.parse(cfg, "command line")
@@ -433,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default runs/MODEL-TIMESTAMP)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--report-to", metavar="TRACKERS",
+                   help="also send the per-epoch metrics to trackers, comma-separated: tensorboard, mlflow (extras "
+                        "rankcraft[tensorboard], rankcraft[mlflow]); metrics.jsonl in the run directory always")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a trained run on a labelled file")

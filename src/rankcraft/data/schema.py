@@ -207,6 +207,7 @@ class Schema(_Strict):
     # ------------------------------------------------------------------ I/O
     @classmethod
     def from_dict(cls, data: dict, *, origin: str = "<schema>") -> "Schema":
+        _check_names_are_text(data, origin)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -222,3 +223,39 @@ class Schema(_Strict):
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+
+
+_NAME_KEYS = ("name", "column", "share_vocab_with", "timestamp_column")
+
+
+def _check_names_are_text(data: object, origin: str) -> None:
+    """Column and feature names that YAML read as numbers or booleans are an error with the fix: YAML turns an
+    unquoted ``109_14`` into the integer 10914 (underscores are digit separators), ``1e3`` into 1000.0 and ``yes``
+    into true, so the name no longer matches the file's header."""
+    if not isinstance(data, dict):
+        return
+    found: list[tuple[str, object]] = []
+
+    def visit(where: str, v: object) -> None:
+        if isinstance(v, (bool, int, float)):
+            found.append((where, v))
+
+    for i, f in enumerate(data.get("features") or []):
+        if isinstance(f, dict):
+            for k in _NAME_KEYS:
+                visit(f"features[{i}].{k}", f.get(k))
+    for i, lab in enumerate(data.get("labels") or []):
+        if isinstance(lab, dict):
+            for k in ("name", "column"):
+                visit(f"labels[{i}].{k}", lab.get(k))
+        else:
+            visit(f"labels[{i}]", lab)
+    visit("user_column", data.get("user_column"))
+    for i, c in enumerate(data.get("column_names") or []):
+        visit(f"column_names[{i}]", c)
+    if found:
+        where, v = found[0]
+        raise ConfigError(f"{origin}: {where} is {v!r}, a {type(v).__name__}, not a column name: YAML reads unquoted "
+                          "names such as 109_14 (→ 10914), 1e3 or yes as numbers or booleans; quote the name as "
+                          f"it appears in the file's header, e.g. \"109_14\"" +
+                          (f" ({len(found) - 1} more such name(s))" if len(found) > 1 else ""))

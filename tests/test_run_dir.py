@@ -42,9 +42,9 @@ def test_a_broken_config_json_is_a_named_error(tmp_path):
            "model": "lr", "train": {"epochs": 1, "quiet": True}}
     api.train(cfg, out=tmp_path / "run")
     (tmp_path / "run" / "config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match=r"config.json: cannot read the run's config"):
+    with pytest.raises(ConfigError, match=r"config.json: run config is not valid JSON \(line 1, column 2"):
         api.load_run(tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"config.json: cannot read the run's config"):
+    with pytest.raises(ConfigError, match=r"config.json: run config is not valid JSON \(line 1, column 2"):
         api.train({}, out=tmp_path / "run", resume=True)
 
 

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rankcraft.errors import ConfigError
+from rankcraft.files import read_text
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -18,14 +19,9 @@ def read_yaml_file(path: str | Path, what: str) -> object:
     """Parse a YAML file with ``yaml.safe_load`` (nothing is evaluated). A missing, unreadable or invalid file is a
     :class:`ConfigError` naming the file and ``what`` it should be (``"schema file"``, ``"config file"``)."""
     path = Path(path)
+    text = read_text(path, what)
     try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a {what}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read {what} ({exc})") from None
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 

@@ -122,18 +122,25 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Parse a JSON file. A missing, unreadable or invalid file is a :class:`ConfigError` naming the file, ``what``
-    it should be (e.g. ``"run config"``) and, for invalid JSON, the line and column."""
+def read_text(path: str | Path, what: str) -> str:
+    """A text file's content (UTF-8). A missing, unreadable or undecodable file is a :class:`ConfigError` naming
+    the file and ``what`` it should be (``"schema file"``, ``"run config"``)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a {what}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read {what} ({exc})") from None
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parse a JSON file. A missing, unreadable or invalid file is a :class:`ConfigError` naming the file, ``what``
+    it should be (e.g. ``"run config"``) and, for invalid JSON, the line and column."""
+    path = Path(path)
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

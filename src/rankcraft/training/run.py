@@ -27,7 +27,12 @@ from rankcraft.data.encoders import Encoders
 from rankcraft.data.features import FeatureSet
 from rankcraft.data.spec import DataSpec, prepare_spec
 from rankcraft.errors import CheckpointError, ConfigError
-from rankcraft.files import DirectoryLock, atomic_write_json, atomic_write_text
+from rankcraft.files import (
+    DirectoryLock,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 from rankcraft.models.catalog import build_model, validate_params
 from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint
@@ -106,10 +111,7 @@ def check_heads(model: nn.Module, objective: Objective, data: ColumnData, name: 
 def read_run_config(run_dir: Path) -> RunConfig:
     """The :class:`RunConfig` saved in a run directory; unreadable or invalid JSON is a named ConfigError."""
     path = run_dir / "config.json"
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the run's config ({exc})") from None
+    obj = read_json(path, "run config")
     if not isinstance(obj, dict):
         raise ConfigError(f"{path}: not a run config (a JSON object)")
     return RunConfig.parse(obj, str(path))

@@ -372,3 +372,15 @@ def test_evaluate_json_writes_undefined_metrics_as_null(capsys, tmp_path, tiny_r
     assert m["auc"] is None and m["rows"] == zeros.num_rows
     code, out, err = run_cli(capsys, "evaluate", tiny_run / "run", tmp_path / "one_class.csv")
     assert code == 0 and "auc" in out and "n/a" in out
+
+
+def test_data_options_reach_the_recipe(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", "--dataset", "synthetic", "--data-option", "rows=300",
+                             "--data-option", "seed=4", "--epochs", "1", "--quiet", "--out", tmp_path / "r")
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["data"]["options"] == {"rows": 300, "seed": 4}
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["valid"]["rows"] == 30  # 10% of 300 rows
+    code, _, err = run_cli(capsys, "train", "--dataset", "synthetic", "--data-option", "nokey", "--out",
+                           tmp_path / "r2")
+    assert code == 2 and "--data-option 'nokey': expected KEY=VALUE" in err

@@ -83,6 +83,8 @@ def _add_data_args(p: argparse.ArgumentParser, without: str | None = None) -> No
     g.add_argument("--valid", dest="valid_file", help="validation file (default: 10%% of --train)")
     g.add_argument("--test", dest="test_file", help="optional test file")
     g.add_argument("--rows", type=int, help="rows to generate (synthetic recipe)")
+    g.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="a recipe option (repeatable), e.g. --data-option negatives=4 for the events recipe")
     g.add_argument("--cache-dir", help="processed-data cache (default $RANKCRAFT_CACHE or ~/.cache/rankcraft)")
 
 
@@ -91,6 +93,9 @@ def _data_spec(args) -> dict | None:
         d = {"recipe": args.dataset, "data_dir": args.data_dir}
         if args.rows:
             d["rows"] = args.rows
+        options = _kv(getattr(args, "data_option", None), "--data-option")
+        if options:
+            d["options"] = options
         return d
     if args.schema:
         return {"schema_file": args.schema, "train": args.train_file, "valid": args.valid_file,

@@ -41,7 +41,7 @@ class DataSpec(BaseModel):
         if self.recipe:
             opts = dict(self.options)
             if self.recipe == "synthetic":
-                opts.update(rows=self.rows or 50_000, seed=self.seed)
+                opts.update(rows=self.rows or opts.get("rows", 50_000), seed=opts.get("seed", self.seed))
             try:
                 return get_source(self.recipe, self.data_dir, **opts)
             except TypeError as exc:

@@ -117,10 +117,13 @@ class Task:
         self.weight, self.weight_column, self.monitor_weight = weight, weight_column, monitor_weight
         self.hard_label = hard_label
 
-    def pointwise_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def pointwise_loss(self, z: torch.Tensor, y: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+        """Per-row loss (``reduction="none"``) or its mean. The mean goes through the fused reduction, not
+        ``.mean()`` of the per-row losses: the two differ in the last bit of the gradient when the batch size is
+        not a power of two, and the fused one is what every earlier result was trained with."""
         if self.kind == "regression":
-            return (z - y) ** 2
-        return nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+            return nn.functional.mse_loss(z, y, reduction=reduction)
+        return nn.functional.binary_cross_entropy_with_logits(z, y, reduction=reduction)
 
 
 class Objective(nn.Module):
@@ -166,12 +169,11 @@ class Objective(nn.Module):
         for i, t in enumerate(self.tasks):
             z = self.head_of(t, out).float()
             y = batch[t.label]
-            pw = t.pointwise_loss(z, y)
             if t.weight_column is not None:
                 w = batch[t.weight_column]
-                lt = (pw * w).sum() / w.sum().clamp_min(1e-12)
+                lt = (t.pointwise_loss(z, y) * w).sum() / w.sum().clamp_min(1e-12)
             else:
-                lt = pw.mean()
+                lt = t.pointwise_loss(z, y, "mean")
             parts[t.name] = float(lt.detach())
             if self.log_vars is not None:
                 total = total + torch.exp(-self.log_vars[i]) * lt + self.log_vars[i]

@@ -321,3 +321,17 @@ def test_categorical_in_list_syntax_warns(tmp_path):
     enc = Encoders.fit(raw, schema)
     msgs = vocabulary_warnings(enc, enc.transform(raw))
     assert len(msgs) == 1 and "'[a, b]' syntax" in msgs[0] and "multi_categorical" in msgs[0]
+
+
+def test_vocabulary_check_can_be_an_error_or_off(tmp_path):
+    import dataclasses
+
+    rng = np.random.default_rng(0)
+    train = [",".join(map(str, rng.integers(0, 50, 4))) for _ in range(60)]
+    valid = [",".join(map(str, rng.integers(1000, 2000, 4))) for _ in range(30)]
+    src = oov_source(tmp_path, train, valid)
+    strict = dataclasses.replace(src, schema=src.schema.model_copy(update={"vocabulary_check": "error"}))
+    with pytest.raises(DataError, match=r"feature 'hist'.*out of vocabulary.*vocabulary_check: error"):
+        prepare(strict, use_cache=False)
+    off = dataclasses.replace(src, schema=src.schema.model_copy(update={"vocabulary_check": "off"}))
+    assert prepare(off, use_cache=False).warnings == []

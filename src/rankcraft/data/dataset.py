@@ -243,7 +243,12 @@ def prepare(source: DataSource, *, cache_dir: str | Path | None = None, use_cach
         enc, splits, skipped = encode_splits(raw, source.schema, valid_fraction=source.valid_fraction,
                                              seed=source.seed)
         warnings = label_class_warnings(splits, source.schema, raw["train"].path)
-        warnings += vocabulary_warnings(enc, {k: v.numpy() for k, v in splits["valid"].columns.items()})
+        if source.schema.vocabulary_check != "off":
+            vocab = vocabulary_warnings(enc, {k: v.numpy() for k, v in splits["valid"].columns.items()})
+            if vocab and source.schema.vocabulary_check == "error":
+                raise DataError("; ".join(vocab) + " (schema vocabulary_check: error; set it to warn or off to "
+                                "continue)", path=raw["train"].path)
+            warnings += vocab
         data = PreparedData(source.name, enc.feature_set(), enc, splits, skipped, path if use_cache else None,
                             warnings=warnings)
         bar.update(1)

@@ -153,6 +153,9 @@ class Schema(_Strict):
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     column_names: list[str] | None = None  # for files without a header line
     on_error: Literal["raise", "skip"] = "raise"
+    #: a feature whose validation tokens are mostly out of vocabulary, or whose cells look like lists under another
+    #: separator, is reported at preparation: ``warn`` (default), ``error`` (stop with the same message), ``off``
+    vocabulary_check: Literal["warn", "error", "off"] = "warn"
 
     @model_validator(mode="after")
     def _check_names(self) -> "Schema":

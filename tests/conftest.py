@@ -9,6 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rankcraft.data.features import FeatureInfo, FeatureSet
+
+#: the feature layout the zoo tests train on: four categorical, two numeric and one multi-valued feature
+ZOO_FEATURES = (
+    FeatureInfo("c0", "categorical", vocab_size=30),
+    FeatureInfo("c1", "categorical", vocab_size=40),
+    FeatureInfo("c2", "categorical", vocab_size=20),
+    FeatureInfo("c3", "categorical", vocab_size=50),
+    FeatureInfo("n0", "numeric"),
+    FeatureInfo("n1", "numeric"),
+    FeatureInfo("m0", "multi_categorical", vocab_size=25, max_len=4),
+)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RANKCRAFT_SHARED_DATA", REPO.parent / "shared" / "data"))
 

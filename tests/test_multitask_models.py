@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from rankcraft.cli.main import main as cli_main
+from conftest import ZOO_FEATURES
+
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models.catalog import (
@@ -25,15 +27,7 @@ from rankcraft.models.output import ModelOutput
 from rankcraft.training.profile import flops_per_example
 
 LABELS = ("a", "b")
-FS = FeatureSet((
-    FeatureInfo("c0", "categorical", vocab_size=30),
-    FeatureInfo("c1", "categorical", vocab_size=40),
-    FeatureInfo("c2", "categorical", vocab_size=20),
-    FeatureInfo("c3", "categorical", vocab_size=50),
-    FeatureInfo("n0", "numeric"),
-    FeatureInfo("n1", "numeric"),
-    FeatureInfo("m0", "multi_categorical", vocab_size=25, max_len=4),
-), labels=LABELS)
+FS = FeatureSet(ZOO_FEATURES, labels=LABELS)
 CAT_ONLY = FeatureSet(tuple(f for f in FS.features if f.kind == "categorical"), labels=LABELS)
 WITH_SEQUENCE = FeatureSet(FS.features + (FeatureInfo("s0", "sequence", vocab_size=30, max_len=6,
                                                       embedding_table="c0"),), labels=LABELS)

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import adam_steps
+from conftest import ZOO_FEATURES, adam_steps
 
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
@@ -19,15 +19,7 @@ from rankcraft.training.profile import flops_per_example
 
 STEPS, BATCH, LR = 40, 256, 1e-2
 
-FULL = FeatureSet((
-    FeatureInfo("c0", "categorical", vocab_size=30),
-    FeatureInfo("c1", "categorical", vocab_size=40),
-    FeatureInfo("c2", "categorical", vocab_size=20),
-    FeatureInfo("c3", "categorical", vocab_size=50),
-    FeatureInfo("n0", "numeric"),
-    FeatureInfo("n1", "numeric"),
-    FeatureInfo("m0", "multi_categorical", vocab_size=25, max_len=4),
-))
+FULL = FeatureSet(ZOO_FEATURES)
 CAT_ONLY = FeatureSet(tuple(FeatureInfo(f"c{i}", "categorical", vocab_size=v)
                             for i, v in enumerate([30, 40, 20, 50, 25])))  # frappe-like
 NO_MULTI = FeatureSet(tuple(f for f in FULL.features if f.kind != "multi_categorical"))

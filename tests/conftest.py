@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rankcraft.data.features import FeatureInfo, FeatureSet
+from rankcraft.data.features import FeatureInfo
 
 #: the feature layout the zoo tests train on: four categorical, two numeric and one multi-valued feature
 ZOO_FEATURES = (

@@ -9,11 +9,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ZOO_FEATURES
 from sklearn.metrics import roc_auc_score
 
 from rankcraft.cli.main import main as cli_main
-from conftest import ZOO_FEATURES
-
 from rankcraft.data.features import FeatureInfo, FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models.catalog import (

@@ -44,16 +44,6 @@ def predict_heads(model: nn.Module, data: ColumnData, objective: Objective | Non
     return {h: torch.cat(ps).numpy() for h, ps in out.items()}
 
 
-def predict_proba(model: nn.Module, data: ColumnData, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
-    """Probabilities of a one-head model for every row of ``data``, in row order."""
-    heads = predict_heads(model, data, batch_size=batch_size, bf16=bf16)
-    if not heads:
-        return np.zeros(0, dtype=np.float32)
-    if len(heads) > 1:
-        raise ValueError(f"the model has several heads ({', '.join(heads)}); use predict_heads")
-    return next(iter(heads.values()))
-
-
 def evaluate(model: nn.Module, data: ColumnData, objective: Objective | None = None, *, batch_size: int = 16384,
              bf16: bool = False, progress: bool = False) -> dict:
     """The objective's metrics of ``model`` on ``data`` (default: binary on ``"label"``, GAUC with a ``group``

@@ -33,9 +33,17 @@ from typing import Annotated, Literal, Union
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from torch import nn
 
+from rankcraft.config import format_validation_error
 from rankcraft.data.features import FeatureSet, label_key
 from rankcraft.errors import ConfigError
 from rankcraft.models.output import DEFAULT_HEAD, ModelOutput
@@ -284,12 +292,6 @@ class Objective(nn.Module):
     def heads(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    @property
-    def label_columns(self) -> list[str]:
-        cols = []
-        for t in self.tasks:
-            cols += [t.label] + [c for c in (t.weight_column, t.hard_label) if c]
-        return list(dict.fromkeys(cols))
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -319,17 +321,13 @@ def _weight(features: FeatureSet, name: str | None, where: str) -> str | None:
 def build_objective(config: BaseModel | dict | None, features: FeatureSet) -> Objective:
     """The runtime objective of ``config`` (``None``: binary) checked against the schema's labels."""
     if config is None or isinstance(config, dict):
-        from pydantic import TypeAdapter
-
-        from rankcraft.config import format_validation_error
-
+        obj = config or {"type": "binary"}
         try:
-            config = TypeAdapter(ObjectiveConfig).validate_python(config or {"type": "binary"})
-        except Exception as exc:  # pydantic.ValidationError
-            detail = format_validation_error(exc) if hasattr(exc, "errors") else str(exc)
-            raise ConfigError(f"objective: invalid:\n{detail}") from None
+            config = TypeAdapter(ObjectiveConfig).validate_python(obj)
+        except ValidationError as exc:
+            raise ConfigError(f"objective: invalid:\n{format_validation_error(exc, obj)}") from None
     kinds = features.label_kinds
-    targets = [n for n, k in kinds.items() if k != "weight"]
+    targets = features.targets
     if isinstance(config, BinaryObjectiveConfig):
         if config.label is None:
             if len(targets) > 1:

@@ -87,15 +87,24 @@ class ColumnData:
         return torch.randperm(n, generator=g)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield batches ``start, start+1, ...`` of the epoch (``start`` lets a resumed run skip done steps)."""
+                start: int = 0, shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield batches ``start, start+1, ...`` of the epoch (``start`` lets a resumed run skip done steps).
+
+        ``shard=(rank, world)``: every process walks the same global batches (same permutation) and keeps the rows
+        ``rank, rank + world, ...`` of each, so ``world`` processes together see exactly the global batch of
+        ``batch_size`` rows that one process would (data-parallel training with the same total batch)."""
+        rank, world = shard
         if shuffle:
             perm = self.permutation(self.num_rows, seed, epoch)
             for i in range(start, self.num_batches(batch_size)):
-                yield self.take(perm[i * batch_size:(i + 1) * batch_size])
+                index = perm[i * batch_size:(i + 1) * batch_size]
+                yield self.take(index[rank::world] if world > 1 else index)
         else:
             for i in range(start, self.num_batches(batch_size)):
-                yield {k: v[i * batch_size:(i + 1) * batch_size] for k, v in self.columns.items()}
+                if world > 1:
+                    yield {k: v[i * batch_size + rank:(i + 1) * batch_size:world] for k, v in self.columns.items()}
+                else:
+                    yield {k: v[i * batch_size:(i + 1) * batch_size] for k, v in self.columns.items()}
 
     # -- persistence: one .npy per column -----------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -126,11 +135,16 @@ class DataSource:
     valid_fraction: float = 0.1
     seed: int = 0
     version: str = "1"
+    #: a raw column with each row's event time (unix seconds or ISO date/time), kept in the raw tables (not a
+    #: feature) so that the rows can be bucketed into time partitions (:mod:`rankcraft.data.partitions`)
+    time_column: str | None = None
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(f"{CACHE_VERSION}|{self.version}|{self.name}|{self.schema.fingerprint()}|"
                  f"{self.valid_fraction}|{self.seed}".encode())
+        if self.time_column is not None:
+            h.update(f"|time={self.time_column}".encode())
         for split, path in sorted(self.files.items()):
             h.update(f"|{split}={file_digest(path)}".encode())
         for path in self.inputs:
@@ -143,6 +157,8 @@ class DataSource:
         if "train" not in self.files:
             raise DataError(f"dataset '{self.name}' has no training file")
         cols = self.schema.required_columns()
+        if self.time_column is not None and self.time_column not in cols:
+            cols = cols + [self.time_column]
         return {split: read_table(path, cols, delimiter=self.schema.delimiter,
                                   column_names=self.schema.column_names, on_error=self.schema.on_error)
                 for split, path in self.files.items()}

@@ -86,6 +86,6 @@ def test_ctrl_c_mid_epoch_writes_last_pt_at_that_step_and_resume_finishes(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         Trainer(model, cfg, tmp_path / "run", on_step=interrupt_at_7).fit(data.splits["train"], data.splits["valid"])
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["steps_total"] == 7 and state["step"] == 7 and state["epoch"] == 0
+    assert state["state"]["steps"] == 7 and state["state"]["cursor"] == {"epoch": 0, "step": 7}
     fit = Trainer(model, cfg, tmp_path / "run").fit(data.splits["train"], data.splits["valid"], resume=True)
     assert fit.steps == 2 * data.splits["train"].num_batches(100)

@@ -75,7 +75,8 @@ def test_interrupted_run_resumes_to_the_same_weights(small, tmp_path):
     with pytest.raises(StopTraining):
         Trainer(_model(features), _cfg(checkpoint_every=5), run, on_step=stop_at).fit(splits["train"], splits["valid"])
     st = load_checkpoint(run / "last.pt")
-    assert (st["epoch"], st["step"], st["steps_total"]) == (1, 1, 20)
+    assert st["format"] == 2
+    assert (st["state"]["cursor"], st["state"]["steps"]) == ({"epoch": 1, "step": 1}, 20)
     resumed = _model(features, seed=99)  # different init: everything must come from the checkpoint
     res = Trainer(resumed, _cfg(checkpoint_every=5), run).fit(splits["train"], splits["valid"], resume=True)
     assert res.steps == 38
@@ -112,7 +113,7 @@ def test_kill_minus_nine_mid_epoch_then_resume(small, tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(run), "10"], capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     st = load_checkpoint(run / "last.pt")
-    assert st["epoch"] == 0 and st["step"] == 8  # killed in the middle of the first epoch
+    assert st["state"]["cursor"] == {"epoch": 0, "step": 8}  # killed in the middle of the first epoch
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no half-written temp files left
     resumed = _model(features, seed=5)
     cfg = _cfg(checkpoint_every=4)

@@ -40,3 +40,12 @@ class DataError(RankcraftError):
 
 class CheckpointError(RankcraftError):
     """A missing, corrupt or incompatible checkpoint / run directory."""
+
+
+class WorkerError(RankcraftError):
+    """A process of a data-parallel run failed or died; ``rank`` names it. The run directory keeps the last
+    checkpoint that rank 0 wrote, so the run can be resumed."""
+
+    def __init__(self, message: str, *, rank: int | None = None):
+        self.rank = rank
+        super().__init__(message)

@@ -16,10 +16,10 @@ exactly the batches it had not finished.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -30,14 +30,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rankcraft.data.dataset import ColumnData
-from rankcraft.errors import CheckpointError, DataError
+from rankcraft.errors import CheckpointError
 from rankcraft.files import atomic_write_text, dumps_json_line
 from rankcraft.interrupts import DeferredInterrupts
 from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
+from rankcraft.training.distributed import process_group, wrap_data_parallel
 from rankcraft.training.evaluation import autocast, evaluate
+from rankcraft.training.loops import EpochLoop, FitResult
 from rankcraft.training.objectives import Objective, default_objective, higher_is_better
 from rankcraft.training.reporters import make_reporters
+from rankcraft.training.state import TrainState
 
 
 class TrainConfig(BaseModel):
@@ -76,20 +79,11 @@ class TrainConfig(BaseModel):
     report_to: list[Literal["jsonl", "tensorboard", "mlflow"]] = Field(default_factory=lambda: ["jsonl"])
 
 
-@dataclass
-class FitResult:
-    best_epoch: int
-    best_metrics: dict
-    history: list[dict]
-    train_rows_per_s: float
-    train_seconds: float
-    stopped_early: bool
-    steps: int
-    extra: dict = field(default_factory=dict)
-
-
 class StopTraining(Exception):
     """Raised by a callback to stop training immediately (used to simulate interruptions in tests)."""
+
+
+__all__ = ["FitResult", "StopTraining", "TrainConfig", "Trainer"]
 
 
 class Trainer:
@@ -105,12 +99,18 @@ class Trainer:
         self.on_step = on_step
         if config.threads:
             torch.set_num_threads(config.threads)
+        #: data-parallel training: this process's rank and the number of processes (0 and 1 without
+        #: torch.distributed; see rankcraft.training.distributed)
+        self.rank, self.world = process_group()
         self._emb_params, self._net_params, self._sparse_params, self._dense_params = self._split_params()
         self.optimizers = self._make_optimizers()
         self.scheduler = self._make_scheduler()
         self._best_state: dict | None = None
+        self._last_ckpt = time.monotonic()
         self.reporters: list = []
-        if config.compile:
+        if self.world > 1:
+            self.forward = wrap_data_parallel(model)
+        elif config.compile:
             self.forward = torch.compile(model)
         else:
             self.forward = model
@@ -196,160 +196,182 @@ class Trainer:
             opt.step()
         return float(loss.detach())
 
-    # ------------------------------------------------------------------ checkpoints
-    def _state(self, epoch: int, step: int, best: dict, history: list, steps_total: int, bad_epochs: int,
-               rows: int, seconds: float) -> dict:
+    # ------------------------------------------------------------------ one pass over a split
+    def train_pass(self, data: ColumnData, state: TrainState, *, order: int, desc: str,
+                   stop: DeferredInterrupts) -> tuple[list[float], bool]:
+        """Train on the batches of ``data`` from ``state.cursor["step"]`` to the end, in the row order numbered
+        ``order`` (a pure function of ``(seed, order)``); checkpoint when due; return the step losses and whether
+        ``max_steps`` was reached. ``state.cursor["step"]`` advances with every step."""
+        c = self.cfg
+        start_step = int(state.cursor.get("step", 0))
+        n_batches = self.num_batches(data)
+        bar = tqdm(total=n_batches, initial=start_step, desc=desc, disable=c.quiet or not sys.stderr.isatty(),
+                   leave=False, unit="batch", dynamic_ncols=True)
+        t0 = time.perf_counter()
+        seconds0 = state.seconds
+        losses: list[float] = []
+        done_by_max = False
+        try:
+            for step, batch in enumerate(data.batches(c.batch_size, shuffle=True, seed=c.seed, epoch=order,
+                                                      start=start_step, shard=(self.rank, self.world)),
+                                         start_step):
+                if step >= n_batches:
+                    break
+                loss = self._train_step(batch)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss} at {desc}, step {step}; "
+                                             "lower the learning rate or enable clip_grad_norm")
+                losses.append(loss)
+                state.steps += 1
+                state.rows += min(c.batch_size, len(data) - step * c.batch_size)  # the global batch's rows
+                state.cursor["step"] = step + 1
+                state.seconds = seconds0 + time.perf_counter() - t0
+                bar.update(1)
+                if state.steps % 20 == 0 and not c.quiet:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}",
+                                    rows_s=f"{state.rows / max(state.seconds, 1e-9):,.0f}")
+                if self.on_step is not None:
+                    self.on_step(state.steps)
+                due = (c.checkpoint_every and state.steps % c.checkpoint_every == 0) or \
+                      (c.checkpoint_seconds and time.monotonic() - self._last_ckpt >= c.checkpoint_seconds)
+                if due and step + 1 < n_batches:
+                    self.save_last(state)
+                if stop.requested:
+                    self.save_last(state)
+                    stop.check()
+                if c.max_steps and state.steps >= c.max_steps:
+                    done_by_max = True
+                    break
+        finally:
+            bar.close()
+        state.seconds = seconds0 + time.perf_counter() - t0
+        return losses, done_by_max
+
+    def num_batches(self, data: ColumnData) -> int:
+        """Batches per pass over ``data``. With several processes, a last global batch smaller than the number of
+        processes is dropped (a process would otherwise get no rows for a step that all processes must take)."""
+        n = data.num_batches(self.cfg.batch_size)
+        if self.world > 1 and n and len(data) - (n - 1) * self.cfg.batch_size < self.world:
+            n -= 1
+        return n
+
+    def evaluate(self, data: ColumnData) -> dict:
+        """The objective's metrics of the model on ``data`` (every process evaluates all of it: same numbers)."""
+        return evaluate(self.model, data, self.objective, batch_size=self.cfg.eval_batch_size, bf16=self.cfg.bf16)
+
+    # ------------------------------------------------------------------ checkpoints and metrics files
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run directory (rank 0 only under data-parallel training)."""
+        return self.run_dir is not None and self.rank == 0
+
+    def checkpoint(self, state: TrainState) -> dict:
         return {
-            "format": 1,
+            "format": 2,
             "model": self.model.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "epoch": epoch, "step": step, "steps_total": steps_total, "bad_epochs": bad_epochs,
-            "best": best, "history": history, "rows": rows, "seconds": seconds,
+            "state": state.to_dict(),
             "rng": torch.get_rng_state(),
         }
 
-    def _save_last(self, *args) -> None:
-        if self.run_dir is not None:
-            save_checkpoint(self.run_dir / "last.pt", self._state(*args))
+    def save_last(self, state: TrainState) -> None:
+        if self.writes:
+            save_checkpoint(self.run_dir / "last.pt", self.checkpoint(state))
+        self._last_ckpt = time.monotonic()
 
-    def _restore(self, state: dict) -> None:
+    def save_best(self, metrics: dict, **info) -> None:
+        """Keep the current weights as the best ones (``best.pt``, or in memory without a run directory)."""
+        if self.run_dir is not None:
+            if self.writes:
+                save_checkpoint(self.run_dir / "best.pt", {"format": 2, "model": self.model.state_dict(),
+                                                           "objective": self.objective.state_dict(),
+                                                           "metrics": metrics, **info})
+        else:
+            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def restore(self, ckpt: dict) -> TrainState:
+        """Load a ``last.pt`` dict into the model, objective, optimisers, scheduler and RNG; return its state."""
         try:
-            self.model.load_state_dict(state["model"])
-            self.objective.load_state_dict(state.get("objective", {}))
-            for opt, s in zip(self.optimizers, state["optimizers"]):
+            self.model.load_state_dict(ckpt["model"])
+            self.objective.load_state_dict(ckpt.get("objective", {}))
+            for opt, s in zip(self.optimizers, ckpt["optimizers"]):
                 opt.load_state_dict(s)
-            if self.scheduler is not None and state["scheduler"]:
-                self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            if self.scheduler is not None and ckpt["scheduler"]:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+            torch.set_rng_state(ckpt["rng"])
+            return TrainState.from_dict(ckpt["state"]) if ckpt.get("format", 1) >= 2 \
+                else TrainState.from_format_1(ckpt)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"checkpoint does not match this model/config: {exc}") from None
+
+    def write_history(self, history: list[dict]) -> None:
+        """``metrics.jsonl``, rewritten whole (atomically) so a resumed run never duplicates lines."""
+        if self.writes:
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(dumps_json_line(h) + "\n" for h in history))
+
+    def append_history(self, entry: dict) -> None:
+        """Append one line to ``metrics.jsonl`` (streams: the file only grows; see :meth:`trim_history`)."""
+        if self.writes:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(dumps_json_line(entry) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def trim_history(self, history: list[dict]) -> None:
+        """Before appending on resume: drop lines that a killed run wrote after its last checkpoint."""
+        if not self.writes:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        if len(lines) != len(history):
+            self.write_history(history)
+
+    def barrier(self) -> None:
+        """Wait for every process (data-parallel training): e.g. before reading ``best.pt`` that rank 0 wrote."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def report(self, metrics: dict, step: int) -> None:
+        for r in self.reporters:
+            r.log_epoch(metrics, step)
 
     # ------------------------------------------------------------------ fit
     def fit(self, train: ColumnData, valid: ColumnData, *, resume: bool = False) -> FitResult:
-        """Train until ``epochs``, early stopping or ``max_steps``; resume from ``last.pt`` with ``resume``.
-        The trackers of ``report_to`` are open for the duration of the call."""
-        self.reporters = make_reporters(self.cfg.report_to, self.run_dir, self.cfg.model_dump(mode="json"))
-        try:  # Ctrl-C / SIGTERM are deferred to a step boundary, where last.pt is written before stopping
+        """Epoch training: until ``epochs``, early stopping or ``max_steps``; resume from ``last.pt`` with
+        ``resume`` (see :class:`~rankcraft.training.loops.EpochLoop`)."""
+        from rankcraft.training.loops import EpochLoop  # loops drive the trainer: imported where used
+
+        return self.run(EpochLoop(train, valid), resume=resume)
+
+    def run(self, loop, *, resume: bool = False) -> FitResult:
+        """Drive ``loop`` (an :class:`~rankcraft.training.loops.EpochLoop` or ``StreamLoop``) over one
+        :class:`TrainState`, fresh or restored from ``last.pt``. The trackers of ``report_to`` are open for the
+        duration of the call; Ctrl-C / SIGTERM are deferred to a step boundary, where ``last.pt`` is written."""
+        self.reporters = make_reporters(self.cfg.report_to, self.run_dir if self.writes else None,
+                                        self.cfg.model_dump(mode="json")) if self.rank == 0 else []
+        try:
             with DeferredInterrupts() as stop:
-                return self._fit(train, valid, resume=resume, stop=stop)
+                torch.manual_seed(self.cfg.seed)
+                state = loop.initial_state()
+                if resume:
+                    if self.run_dir is None or not (self.run_dir / "last.pt").exists():
+                        raise CheckpointError(f"nothing to resume: {self.run_dir}/last.pt does not exist")
+                    state = self.restore(load_checkpoint(self.run_dir / "last.pt"))
+                    loop.check_resumable(state)
+                    if not self.cfg.quiet and self.rank == 0:
+                        tqdm.write(f"resuming at {loop.describe(state.cursor)} ({state.steps} steps done)")
+                self._last_ckpt = time.monotonic()
+                result = loop.run(self, state, stop)
         finally:
             for r in self.reporters:
                 r.close()
             self.reporters = []
-
-    def _fit(self, train: ColumnData, valid: ColumnData, *, resume: bool, stop: DeferredInterrupts) -> FitResult:
-        c = self.cfg
-        torch.manual_seed(c.seed)
-        monitor = self.objective.usable_monitor(self.monitor, valid.columns, warn=None if c.quiet else tqdm.write)
-        better = higher_is_better(monitor)
-        start_epoch, start_step, steps_total, bad_epochs, rows, seconds = 0, 0, 0, 0, 0, 0.0
-        best: dict = {}
-        history: list[dict] = []
-        if resume:
-            if self.run_dir is None or not (self.run_dir / "last.pt").exists():
-                raise CheckpointError(f"nothing to resume: {self.run_dir}/last.pt does not exist")
-            st = load_checkpoint(self.run_dir / "last.pt")
-            self._restore(st)
-            start_epoch, start_step = st["epoch"], st["step"]
-            steps_total, bad_epochs = st["steps_total"], st["bad_epochs"]
-            best, history, rows, seconds = st["best"], st["history"], st["rows"], st["seconds"]
-            if not c.quiet:
-                tqdm.write(f"resuming at epoch {start_epoch + 1}, step {start_step} "
-                           f"({steps_total} steps done)")
-        n_batches = train.num_batches(c.batch_size)
-        stopped_early = bad_epochs >= c.early_stopping_patience
-        last_ckpt = time.monotonic()
-        self.model.train()
-        epoch = start_epoch
-        while epoch < c.epochs and not stopped_early:
-            t_epoch = time.perf_counter()
-            losses = []
-            bar = tqdm(total=n_batches, initial=start_step, desc=f"epoch {epoch + 1}/{c.epochs}",
-                       disable=c.quiet or not sys.stderr.isatty(), leave=False, unit="batch", dynamic_ncols=True)
-            step = start_step
-            done_by_max = False
-            for step, batch in enumerate(train.batches(c.batch_size, shuffle=True, seed=c.seed, epoch=epoch,
-                                                       start=start_step), start_step):
-                loss = self._train_step(batch)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss} at epoch {epoch + 1}, step {step}; "
-                                             "lower the learning rate or enable clip_grad_norm")
-                losses.append(loss)
-                steps_total += 1
-                rows += batch["label"].shape[0]
-                bar.update(1)
-                if steps_total % 20 == 0 and not c.quiet:
-                    elapsed = seconds + time.perf_counter() - t_epoch
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", rows_s=f"{rows / max(elapsed, 1e-9):,.0f}")
-                if self.on_step is not None:
-                    self.on_step(steps_total)
-                due = (c.checkpoint_every and steps_total % c.checkpoint_every == 0) or \
-                      (c.checkpoint_seconds and time.monotonic() - last_ckpt >= c.checkpoint_seconds)
-                if due and step + 1 < n_batches:
-                    self._save_last(epoch, step + 1, best, history, steps_total, bad_epochs, rows,
-                                    seconds + time.perf_counter() - t_epoch)
-                    last_ckpt = time.monotonic()
-                if stop.requested:
-                    self._save_last(epoch, step + 1, best, history, steps_total, bad_epochs, rows,
-                                    seconds + time.perf_counter() - t_epoch)
-                    stop.check()
-                if c.max_steps and steps_total >= c.max_steps:
-                    done_by_max = True
-                    break
-            bar.close()
-            seconds += time.perf_counter() - t_epoch
-            start_step = 0
-            # ---- end of epoch: validate, schedule, early stopping, checkpoints
-            metrics = evaluate(self.model, valid, self.objective, batch_size=c.eval_batch_size, bf16=c.bf16)
-            metrics.update(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
-                           lr=self.optimizers[0].param_groups[0]["lr"], steps=steps_total,
-                           train_rows_per_s=rows / seconds if seconds > 0 else float("nan"))
-            history.append(metrics)
-            value = metrics.get(monitor)
-            if value is None:
-                raise DataError(f"the monitored metric '{monitor}' is undefined on the validation split; "
-                                "monitor another metric (train.monitor), e.g. a logloss")
-            improved = not best or (value > best[monitor] + c.min_delta if better
-                                    else value < best[monitor] - c.min_delta)
-            if improved:
-                best = dict(metrics)
-                bad_epochs = 0
-                if self.run_dir is not None:
-                    save_checkpoint(self.run_dir / "best.pt", {"format": 1, "model": self.model.state_dict(),
-                                                               "objective": self.objective.state_dict(),
-                                                               "epoch": epoch + 1, "metrics": best})
-                else:
-                    self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            else:
-                bad_epochs += 1
-            if self.scheduler is not None:
-                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    self.scheduler.step(value)
-                else:
-                    self.scheduler.step()
-                self._sync_sparse_lr()
-            if self.run_dir is not None:  # rewritten whole (atomically) so a resumed run never duplicates lines
-                atomic_write_text(self.run_dir / "metrics.jsonl", "".join(dumps_json_line(h) + "\n" for h in history))
-            for r in self.reporters:
-                r.log_epoch(metrics, epoch + 1)
-            if not c.quiet:
-                shown = [monitor] + [k for k in ("logloss", "mean/logloss") if k in metrics and k != monitor][:1]
-                vals = "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if metrics.get(k) is not None)
-                tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  val {vals}  "
-                           f"{metrics['train_rows_per_s']:,.0f} rows/s" + ("  *" if improved else ""))
-            stopped_early = bad_epochs >= c.early_stopping_patience
-            epoch += 1
-            self._save_last(epoch, 0, best, history, steps_total, bad_epochs, rows, seconds)
-            last_ckpt = time.monotonic()
-            stop.check()
-            if done_by_max:
-                break
         if self.run_dir is not None and (self.run_dir / "best.pt").exists():
             self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt")["model"])
         elif self._best_state is not None:
             self.model.load_state_dict(self._best_state)
-        return FitResult(best_epoch=int(best.get("epoch", 0)), best_metrics=best, history=history,
-                         train_rows_per_s=rows / seconds if seconds > 0 else float("nan"), train_seconds=seconds,
-                         stopped_early=stopped_early, steps=steps_total)
+        return result

@@ -128,7 +128,10 @@ def load_ml100k_table(d: Path) -> tuple[pa.Table, np.ndarray]:
 
 
 def time_split(table: pa.Table, ts: np.ndarray, tie_keys: list[np.ndarray], fractions=(0.8, 0.1)) -> dict[str, pa.Table]:
-    """Sort rows by (timestamp, *tie_keys) and cut into train/valid/test by ``fractions``."""
+    """Sort rows by (timestamp, *tie_keys) and cut into train/valid/test by ``fractions``. The tables keep (or gain)
+    an int64 ``timestamp`` column: not a feature, it lets stream training bucket the rows by time."""
+    if "timestamp" not in table.column_names:
+        table = table.append_column("timestamp", pa.array(np.asarray(ts, dtype=np.int64)))
     order = np.lexsort(tuple(reversed([ts] + tie_keys)))
     n = len(order)
     a, b = int(n * fractions[0]), int(n * (fractions[0] + fractions[1]))
@@ -147,7 +150,7 @@ def ml100k_source(data_dir: str | None = None) -> DataSource:
         parts = time_split(table, ts, [users, items])
         return {k: RawTable(v, str(d / "u.data"), 0, "memory") for k, v in parts.items()}
 
-    return DataSource(name="ml-100k", schema=ml100k_schema(), loader=load,
+    return DataSource(name="ml-100k", schema=ml100k_schema(), loader=load, time_column="timestamp",
                       inputs=[str(d / f) for f in ("u.data", "u.user", "u.item")], version="1")
 
 
@@ -217,7 +220,7 @@ def ml100k_seq_source(data_dir: str | None = None, *, max_len: int = 50) -> Data
         parts = time_split(table, ts, [users, items])
         return {k: RawTable(v, str(d / "u.data"), 0, "memory") for k, v in parts.items()}
 
-    return DataSource(name="ml-100k-seq", schema=ml100k_seq_schema(max_len), loader=load,
+    return DataSource(name="ml-100k-seq", schema=ml100k_seq_schema(max_len), loader=load, time_column="timestamp",
                       inputs=[str(d / f) for f in ("u.data", "u.user", "u.item")], version=f"2:max_len={max_len}")
 
 

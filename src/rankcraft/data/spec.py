@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rankcraft.data.catalog import get_source, schema_source
 from rankcraft.data.dataset import DataSource, PreparedData, prepare
+from rankcraft.data.encoders import Encoders
+from rankcraft.data.partitions import PartitionSpec, PreparedStream, prepare_stream
 from rankcraft.data.schema import Schema
 from rankcraft.errors import ConfigError
 
@@ -29,12 +31,17 @@ class DataSpec(BaseModel):
     seed: int = 0
     valid_fraction: float = Field(default=0.1, gt=0, lt=1)
     options: dict = Field(default_factory=dict)  # recipe-specific options, e.g. {max_len: 100} for ml-100k-seq
+    #: time partitions for stream training (see rankcraft.data.partitions); absent: ordinary splits
+    partitions: PartitionSpec | None = None
 
     def with_absolute_paths(self) -> "DataSpec":
         """The same spec with every file/directory path absolute (a run directory's ``config.json`` stores
         these, so ``--resume``, ``evaluate`` and ``predict`` work from any working directory)."""
-        upd = {k: str(Path(v).expanduser().resolve()) for k in ("data_dir", "schema_file", "train", "valid", "test")
-               if (v := getattr(self, k)) is not None}
+        upd: dict = {k: str(Path(v).expanduser().resolve())
+                     for k in ("data_dir", "schema_file", "train", "valid", "test") if (v := getattr(self, k)) is not None}
+        if self.partitions is not None and self.partitions.files:
+            upd["partitions"] = self.partitions.model_copy(
+                update={"files": [str(Path(f).expanduser().resolve()) for f in self.partitions.files]})
         return self.model_copy(update=upd)
 
     def source(self) -> DataSource:
@@ -49,6 +56,9 @@ class DataSpec(BaseModel):
         if self.schema_file or self.schema_inline is not None:
             schema = (Schema.from_yaml(self.schema_file) if self.schema_file
                       else Schema.from_dict(self.schema_inline, origin="data.schema"))
+            if self.partitions is not None and self.partitions.files:
+                name = Path(self.partitions.files[0]).parent.name or "stream"
+                return DataSource(name=name, schema=schema, time_column=self.partitions.column)
             if not self.train:
                 raise ConfigError("data: a schema needs a 'train' file")
             return schema_source(schema, self.train, self.valid, self.test, valid_fraction=self.valid_fraction,
@@ -60,4 +70,17 @@ def prepare_spec(spec: DataSpec | dict, cache_dir: str | Path | None = None) -> 
     """Prepare (or load from the cache) the data a spec names."""
     if not isinstance(spec, DataSpec):
         spec = DataSpec.model_validate(spec)
+    if spec.partitions is not None:
+        raise ConfigError("data.partitions: time partitions are for stream training (rankcraft train); this "
+                          "command needs ordinary train/valid splits — remove 'partitions'")
     return prepare(spec.source(), cache_dir=cache_dir)
+
+
+def prepare_stream_spec(spec: DataSpec | dict, cache_dir: str | Path | None = None, *,
+                        encoders: Encoders | None = None) -> PreparedStream:
+    """Prepare (or load from the cache) the time partitions a spec names (``spec.partitions`` must be set)."""
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec.model_validate(spec)
+    if spec.partitions is None:
+        raise ConfigError("data: stream training needs 'partitions' (e.g. {unit: day, fit_on: 7})")
+    return prepare_stream(spec.source(), spec.partitions, cache_dir=cache_dir, encoders=encoders)

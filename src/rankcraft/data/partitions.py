@@ -102,7 +102,8 @@ class PreparedStream:
 
 
 # ------------------------------------------------------------------------------------------------- times
-_INT_RE = re.compile(r"^\s*-?\d+(\.\d*)?\s*$")
+_INT_RE = re.compile(r"^-?\d+(\.\d*)?$")
+_ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?Z?$")
 
 
 def parse_times(raw: RawTable, column: str) -> np.ndarray:
@@ -121,21 +122,25 @@ def parse_times(raw: RawTable, column: str) -> np.ndarray:
     if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         return np.asarray(col.cast(pa.timestamp("s")).to_numpy(zero_copy_only=False)).astype("datetime64[s]") \
             .astype(np.int64)
-    values = [str(v) for v in col.to_pylist()]
+    values = [str(v).strip() for v in col.to_pylist()]
+    for row, v in enumerate(values):
+        if not v:
+            raise raw.error(row, column, "missing time (the partition column needs a time in every row)")
     if all(_INT_RE.match(v) for v in values):
         return np.array([int(float(v)) for v in values], dtype=np.int64)
+    for row, v in enumerate(values):
+        if not _ISO_RE.match(v):
+            raise raw.error(row, column, f"cannot parse time '{v}' (expected unix seconds or an ISO date/time such "
+                            "as 2017-11-25 or 2017-11-25T13:05:00, all rows alike)")
     try:
-        return np.array([v.strip() for v in values], dtype="datetime64[s]").astype(np.int64)
+        return np.array([v.rstrip("Z").replace(" ", "T") for v in values], dtype="datetime64[s]").astype(np.int64)
     except ValueError:
-        pass
-    for row, v in enumerate(values):  # find the first bad value for the message
-        try:
-            if not _INT_RE.match(v):
-                np.datetime64(v.strip(), "s")
-        except ValueError:
-            raise raw.error(row, column, f"cannot parse time '{v}' (expected unix seconds or an ISO date/time "
-                            "such as 2017-11-25 or 2017-11-25T13:05:00)") from None
-    raise raw.error(0, column, "cannot parse the times (mixed unix seconds and ISO dates?)")
+        for row, v in enumerate(values):  # a well-formed but impossible date, e.g. 2017-02-30
+            try:
+                np.datetime64(v.rstrip("Z").replace(" ", "T"), "s")
+            except ValueError:
+                raise raw.error(row, column, f"cannot parse time '{v}' (not a valid date/time)") from None
+        raise
 
 
 def bucket(times: np.ndarray, unit: str, utc_offset_hours: float = 0.0) -> tuple[np.ndarray, dict[int, str]]:

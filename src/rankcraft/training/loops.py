@@ -75,11 +75,11 @@ class EpochLoop:
         trainer.model.train()
         while state.cursor["epoch"] < c.epochs and not stopped_early:
             epoch = state.cursor["epoch"]
-            losses, done_by_max = trainer.train_pass(self.train, state, order=epoch,
+            _, done_by_max = trainer.train_pass(self.train, state, order=epoch,
                                                      desc=f"epoch {epoch + 1}/{c.epochs}", stop=stop)
             # ---- end of epoch: validate, schedule, early stopping, checkpoints
             metrics = trainer.evaluate(self.valid)
-            metrics.update(epoch=epoch + 1, train_loss=float(np.mean(losses)) if losses else float("nan"),
+            metrics.update(epoch=epoch + 1, train_loss=float(np.mean(state.losses)) if state.losses else float("nan"),
                            lr=trainer.optimizers[0].param_groups[0]["lr"], steps=state.steps,
                            train_rows_per_s=_rows_per_s(state))
             state.history.append(metrics)
@@ -111,6 +111,7 @@ class EpochLoop:
                            f"{metrics['train_rows_per_s']:,.0f} rows/s" + ("  *" if improved else ""))
             stopped_early = state.bad_epochs >= c.early_stopping_patience
             state.cursor = {"epoch": epoch + 1, "step": 0}
+            state.losses = []
             trainer.save_last(state)
             stop.check()
             if done_by_max:
@@ -186,22 +187,22 @@ class StreamLoop:
                 evaluate = i > self.start or self.evaluate_first
                 state.pending = trainer.evaluate(data) if evaluate and len(data) else {"rows": len(data)}
                 trainer.model.train()
-            losses: list[float] = []
             if self.trains_on(i):
                 while state.cursor.get("pass", 0) < self.passes:
                     p = state.cursor.get("pass", 0)
-                    more, done_by_max = trainer.train_pass(data, state, order=i * self.passes + p,
-                                                           desc=f"{part.key} ({i + 1}/{n})", stop=stop)
-                    losses += more
+                    _, done_by_max = trainer.train_pass(data, state, order=i * self.passes + p,
+                                                        desc=f"{part.key} ({i + 1}/{n})", stop=stop)
                     if done_by_max and state.cursor["step"] < trainer.num_batches(data):
                         break
                     state.cursor = {"partition": i, "pass": p + 1, "step": 0}
             entry = {"partition": part.key, "index": i, **state.pending, "rows": len(data),
-                     "trained": self.trains_on(i), "train_loss": float(np.mean(losses)) if losses else None,
+                     "trained": self.trains_on(i),
+                     "train_loss": float(np.mean(state.losses)) if state.losses else None,
                      "lr": trainer.optimizers[0].param_groups[0]["lr"], "steps": state.steps,
                      "train_rows_per_s": _rows_per_s(state)}
             state.history.append(entry)
             state.pending = None
+            state.losses = []
             state.cursor = {"partition": i + 1, "pass": 0, "step": 0}
             trainer.append_history(entry)
             trainer.report(entry, i + 1)

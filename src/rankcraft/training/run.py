@@ -231,12 +231,11 @@ def read_warm_start(config: RunConfig) -> WarmStart:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ConfigError(f"init_from {src}: its schema differs from this data's schema (in: {', '.join(diff)}); "
                           "warm start needs the same features and labels")
-    history = []
-    if (src / "metrics.jsonl").exists():
-        history = [json.loads(line) for line in (src / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    trained = [h["partition"] for h in history if "partition" in h and h.get("trained", True)]
+    report = read_json(src / "report.json", "run report") if (src / "report.json").exists() else {}
+    trained = list(report.get("stream", {}).get("trained", [])) if isinstance(report, dict) else []
     if not trained:
-        raise ConfigError(f"init_from {src}: not a stream run (its metrics.jsonl lists no partitions)")
+        raise ConfigError(f"init_from {src}: not a finished stream run (its report.json lists no trained "
+                          "partitions)")
     return WarmStart(src, load_checkpoint(src / "best.pt")["model"], encoders, trained)
 
 
@@ -328,7 +327,10 @@ def _train(config: RunConfig, run_dir: Path | None, *, resume: bool, cache_dir: 
     if stream:
         report["stream"] = {"progressive": fit.best_metrics, "partitions": [h["partition"] for h in fit.history],
                             "fit_on": data.fit_on, "encoders_fitted_on": data.keys()[:data.fit_on] if warm is None
-                            else f"frozen, from {warm.run_dir}", "started_at": data.keys()[start]}
+                            else f"frozen, from {warm.run_dir}", "started_at": data.keys()[start],
+                            # every partition these weights have trained on, warm-start runs included
+                            "trained": (warm.trained if warm else [])
+                            + [h["partition"] for h in fit.history if h.get("trained")]}
     elif "test" in data.splits and len(data.splits["test"]):
         m = evaluate_data(model, data.splits["test"], objective, batch_size=config.train.eval_batch_size,
                           bf16=config.train.bf16)

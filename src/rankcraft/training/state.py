@@ -28,6 +28,7 @@ class TrainState:
     bad_epochs: int = 0  # epochs since the best one (early stopping)
     history: list[dict] = field(default_factory=list)  # one entry per epoch or partition
     pending: dict | None = None  # stream: metrics of the current partition, evaluated before training on it
+    losses: list[float] = field(default_factory=list)  # step losses of the current epoch / partition so far
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -222,6 +222,7 @@ class Trainer:
                     raise FloatingPointError(f"training loss became {loss} at {desc}, step {step}; "
                                              "lower the learning rate or enable clip_grad_norm")
                 losses.append(loss)
+                state.losses.append(loss)
                 state.steps += 1
                 state.rows += min(c.batch_size, len(data) - step * c.batch_size)  # the global batch's rows
                 state.cursor["step"] = step + 1

@@ -99,3 +99,15 @@ def test_train_with_workers_writes_one_run_directory(tmp_path):
         "report.json"]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
     assert res.model(next(res.data.splits["valid"].batches(8))).shape == (8,)
+
+
+def test_the_same_job_runs_through_ray_train(tmp_path):
+    pytest.importorskip("ray.train.torch", reason="Ray Train is the extra rankcraft[distributed]")
+    from rankcraft.training.ray_train import train_on_ray
+
+    cfg = RunConfig.parse({"data": {"recipe": "synthetic", "rows": 3000}, "model": "lr",
+                           "train": {**CFG, "epochs": 1}})
+    res = train_on_ray(cfg, out=tmp_path / "run", address="local", workers=2, cache_dir=tmp_path / "cache")
+    local = train(cfg, out=tmp_path / "local", cache_dir=tmp_path / "cache", workers=2)
+    assert res.report["workers"] == 2 and res.fit.steps == local.fit.steps
+    assert res.report["valid"]["auc"] == pytest.approx(local.report["valid"]["auc"], abs=1e-4)

@@ -113,7 +113,7 @@ def cmd_train(args) -> int:
         if not args.out:
             raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
         _check_run_config(args.out)
-        res = api.train({}, out=args.out, resume=True, cache_dir=args.cache_dir)
+        res = _launch(api, {}, args, out=args.out, resume=True)
         _print_report(res.report, args.out)
         return 0
     cfg: dict = {}
@@ -123,6 +123,15 @@ def cmd_train(args) -> int:
     data = _data_spec(args)
     if data is not None:
         cfg["data"] = data
+    if args.partition_by or args.fit_on or args.partition_column:
+        d = cfg.setdefault("data", {"recipe": "synthetic"})
+        if isinstance(d, dict):
+            part = d["partitions"] = dict(d.get("partitions") or {})
+            for key, val in (("unit", args.partition_by), ("fit_on", args.fit_on), ("column", args.partition_column)):
+                if val is not None:
+                    part[key] = val
+    if args.init_from:
+        cfg["init_from"] = args.init_from
     if args.model:
         cfg["model"] = args.model
     if args.arch:
@@ -156,9 +165,19 @@ def cmd_train(args) -> int:
     cfg = _apply_preset(cfg, no_preset=args.no_preset)
     config = api.RunConfig.parse(cfg, "command line")
     out = args.out or f"runs/{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    res = api.train(config, out=out, cache_dir=args.cache_dir)
+    res = _launch(api, config, args, out=out, resume=False)
     _print_report(res.report, out)
     return 0
+
+
+def _launch(api, config, args, *, out: str, resume: bool):
+    """Train in this process, in ``--workers`` local processes, or on a Ray cluster (``--ray-address``)."""
+    if args.ray_address:
+        from rankcraft.training.ray_train import train_on_ray
+
+        return train_on_ray(config, out=out, resume=resume, cache_dir=args.cache_dir, address=args.ray_address,
+                            workers=args.workers or 2)
+    return api.train(config, out=out, resume=resume, cache_dir=args.cache_dir, workers=args.workers or 1)
 
 
 def _copy_section(section):
@@ -439,6 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
     t.add_argument("--out", help="run directory (default runs/MODEL-TIMESTAMP)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    s = t.add_argument_group("streams (time partitions; see docs/streams.md)")
+    s.add_argument("--partition-by", choices=["hour", "day", "week"],
+                   help="train as a stream: one pass per time partition, each evaluated before training on it")
+    s.add_argument("--partition-column", metavar="COLUMN", help="the time column (default: the recipe's)")
+    s.add_argument("--fit-on", type=int, metavar="N", help="fit the encoders on the first N partitions (default 1)")
+    s.add_argument("--init-from", metavar="RUN", help="warm start from a finished stream run: its weights and "
+                   "frozen encoders; trains on the partitions after its last one")
+    w = t.add_argument_group("several processes (see docs/distributed.md)")
+    w.add_argument("--workers", type=int, metavar="N", help="data-parallel training with N processes "
+                   "(torch.distributed, gloo); the same total batch size")
+    w.add_argument("--ray-address", metavar="ADDR", help="train on a Ray cluster through Ray Train (e.g. auto, "
+                   "ray://head:10001), with --workers processes; extra rankcraft[distributed]")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--report-to", metavar="TRACKERS",
                    help="also send the per-epoch metrics to trackers, comma-separated: tensorboard, mlflow (extras "

@@ -292,3 +292,24 @@ def test_partitions_need_a_time_column_and_stream_only_commands(tmp_path):
         prepare_spec(stream_config(f), tmp_path / "c")
     with pytest.raises(ConfigError, match="fit_on = 9, but there are only 2 partitions"):
         train(run_config(f, tmp_path, partitions={"fit_on": 9}), cache_dir=tmp_path / "c")
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def test_cli_stream_training_warm_start_and_errors(tmp_path, capsys):
+    from rankcraft.cli.main import main
+
+    f = write_days(tmp_path / "events.csv", 4)
+    (tmp_path / "schema.yaml").write_text(json.dumps(SCHEMA))
+    common = ["train", "--schema", str(tmp_path / "schema.yaml"), "--train", str(f), "--model", "lr",
+              "--partition-by", "day", "--partition-column", "ts", "--fit-on", "2", "--quiet",
+              "--batch-size", "128", "--cache-dir", str(tmp_path / "cache")]
+    assert main(common + ["--out", str(tmp_path / "a"), "--opt", "checkpoint_seconds=0"]) == 0
+    out = capsys.readouterr().out
+    assert "progressive" in out and "4 partitions" in out
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["stream"]["trained"][-1] == "2017-11-28"
+    assert main(common + ["--out", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")]) == 2
+    assert "no new partitions" in capsys.readouterr().err
+    assert main(common[:-2] + ["--cache-dir", str(tmp_path / "c2"), "--partition-column", "user",
+                               "--out", str(tmp_path / "d")]) == 2
+    assert "cannot parse time 'u" in capsys.readouterr().err

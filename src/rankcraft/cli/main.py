@@ -301,13 +301,18 @@ def _print_report(report: dict, out: str) -> None:
 
     v = nest_by_head(report["valid"])
     flat = {k: x for k, x in v.items() if not isinstance(x, dict)}
-    print(f"{report['model']} on {report['dataset']}: valid {_fmt_metrics(flat)}".rstrip())
+    stream = report.get("stream")
+    what = "progressive (every partition scored before training on it)" if stream else "valid"
+    print(f"{report['model']} on {report['dataset']}: {what} {_fmt_metrics(flat)}".rstrip())
     for head, m in v.items():
         if isinstance(m, dict):
             print(f"  {head}: {_fmt_metrics(m)}")
-    print(f"best epoch {report['best_epoch']} (monitor {report.get('monitor', 'auc')})  params {report['params']:,}  "
+    where = (f"{len(stream['partitions'])} partitions ({stream['started_at']} .. {stream['partitions'][-1]})"
+             if stream else f"best epoch {report['best_epoch']} (monitor {report.get('monitor', 'auc')})")
+    workers = f"  {report['workers']} workers" if report.get("workers", 1) > 1 else ""
+    print(f"{where}  params {report['params']:,}  "
           f"flops/example {_fmt_metric(report['flops_per_example'], ',.0f')}  "
-          f"train {_fmt_metric(report['train_rows_per_s'], ',.0f')} rows/s")
+          f"train {_fmt_metric(report['train_rows_per_s'], ',.0f')} rows/s{workers}")
     print(f"run directory: {out}")
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from rankcraft.data import census as _census  # noqa: F401
 from rankcraft.data import events as _events  # noqa: F401
 from rankcraft.data import funnel as _funnel  # noqa: F401
+from rankcraft.data import movielens1m as _movielens1m  # noqa: F401
 from rankcraft.data import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
 from rankcraft.data import session_hopping as _session_hopping  # noqa: F401
+from rankcraft.data import taobao as _taobao  # noqa: F401
 from rankcraft.data.dataset import DataSource
 from rankcraft.data.recipes import schema_source
 from rankcraft.data.registry import RECIPES, find_data_dir

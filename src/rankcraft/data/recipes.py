@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from rankcraft.data.dataset import DataSource
+from rankcraft.data.histories import history_columns
 from rankcraft.data.readers import RawTable, first_line, sniff_delimiter
 from rankcraft.data.registry import find_data_dir, recipe
 from rankcraft.data.schema import FeatureSpec, Schema
@@ -177,35 +178,17 @@ def add_histories(table: pa.Table, ts: np.ndarray, max_len: int) -> pa.Table:
     ``genre1`` is the impression item's own first genre.
     """
     users = np.array(table.column("user").to_pylist(), dtype=np.int64)
-    items = table.column("item").to_pylist()
-    genres = table.column("genres").to_pylist()
-    ratings = table.column("rating").to_pylist()
-    genre1 = [g.split("|")[0] if g else "" for g in genres]
-    order = np.lexsort((np.arange(len(ts)), ts, users))  # by user, then time
-    hist_items = [""] * len(ts)
-    hist_ts = [""] * len(ts)
-    hist_genres = [""] * len(ts)
-    hist_ratings = [""] * len(ts)
-    bounds = np.flatnonzero(np.diff(users[order])) + 1
-    for grp in np.split(order, bounds):
-        t = ts[grp]
-        earlier = np.searchsorted(t, t, side="left")  # number of events strictly before each event
-        its = [items[j] for j in grp]
-        gs = [genre1[j] for j in grp]
-        rs = [ratings[j] for j in grp]
-        tss = [str(x) for x in t]
-        for pos, j in enumerate(grp):
-            k = int(earlier[pos])
-            lo = max(0, k - max_len)
-            hist_items[j] = "^".join(its[lo:k])
-            hist_ts[j] = "^".join(tss[lo:k])
-            hist_genres[j] = "^".join(gs[lo:k])
-            hist_ratings[j] = "^".join(rs[lo:k])
-    return (table.append_column("genre1", pa.array(genre1, pa.string()))
-            .append_column("hist_items", pa.array(hist_items, pa.string()))
-            .append_column("hist_ts", pa.array(hist_ts, pa.string()))
-            .append_column("hist_genres", pa.array(hist_genres, pa.string()))
-            .append_column("hist_ratings", pa.array(hist_ratings, pa.string())))
+    genre1 = [g.split("|")[0] if g else "" for g in table.column("genres").to_pylist()]
+    hist = history_columns(users, ts, {
+        "hist_items": table.column("item").to_pylist(),
+        "hist_ts": [str(x) for x in np.asarray(ts).tolist()],
+        "hist_genres": genre1,
+        "hist_ratings": table.column("rating").to_pylist(),
+    }, max_len)
+    table = table.append_column("genre1", pa.array(genre1, pa.string()))
+    for name, column in hist.items():
+        table = table.append_column(name, column)
+    return table
 
 
 @recipe("ml-100k-seq", "MovieLens-100K with behaviour sequences (earlier items, timestamps, genres), time split")

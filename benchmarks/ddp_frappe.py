@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--model", default="deepfm")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=2021)
+    ap.add_argument("--patience", type=int, help="early-stopping patience (default: --epochs, i.e. none)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--data-dir", default="../shared/data/frappe_x1")
     ap.add_argument("--cache-dir", default=".rankcraft_cache")
@@ -38,7 +39,7 @@ def main() -> None:
         shutil.rmtree(run, ignore_errors=True)
         cmd = [sys.executable, "-m", "rankcraft.cli.main", "train", "--dataset", "frappe_x1", "--data-dir",
                args.data_dir, "--model", args.model, "--epochs", str(args.epochs), "--seed", str(args.seed),
-               "--opt", f"early_stopping_patience={args.epochs}", "--quiet", "--out", str(run),
+               "--opt", f"early_stopping_patience={args.patience or args.epochs}", "--quiet", "--out", str(run),
                "--cache-dir", args.cache_dir] + (["--workers", str(workers)] if workers > 1 else [])
         t0 = time.time()
         subprocess.run(cmd, check=True, env={**os.environ})
@@ -57,7 +58,7 @@ def main() -> None:
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# Data-parallel check: {args.model} on Frappe_x1, {args.epochs} epochs, seed {args.seed}", "",
+    lines = [f"# Data-parallel check: {args.model} on Frappe_x1, at most {args.epochs} epochs, seed {args.seed}", "",
              f"Command: `{result['command']}`  ", f"Machine: {result['machine']}", "",
              "| processes | steps | valid AUC, last epoch | logloss, last epoch | best AUC (epoch) | train rows/s | "
              "train s | wall s |", "|---|---|---|---|---|---|---|---|"]

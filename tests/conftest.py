@@ -94,3 +94,14 @@ def postgres_url():
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that train with ``threads=N`` call ``torch.set_num_threads``; restore the count afterwards so that a
+    later test comparing an in-process run with a subprocess run (default threads) sees the same arithmetic."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

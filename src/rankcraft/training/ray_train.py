@@ -11,6 +11,7 @@ paths. ``address="local"`` starts a private Ray instance on this machine (what t
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from rankcraft.errors import ConfigError, WorkerError
@@ -41,6 +42,7 @@ def train_on_ray(config: RunConfig | dict, *, out: str | Path, address: str = "l
     cache = str(Path(cache_dir).resolve()) if cache_dir is not None else None
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # keep relative recipe look-ups working on this machine
     started = False
+    sigint = signal.getsignal(signal.SIGINT)  # Ray Train installs its own handler in the driver: restored below
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
@@ -65,4 +67,6 @@ def train_on_ray(config: RunConfig | dict, *, out: str | Path, address: str = "l
     finally:
         if started:
             ray.shutdown()
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
     return _result_of(run_dir, cache)

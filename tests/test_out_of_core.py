@@ -387,22 +387,39 @@ def test_prepare_out_of_core_needs_files(data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ training
-def test_a_trainer_trains_on_sharded_data(data):
+def test_a_trainer_trains_on_sharded_data_and_resumes_mid_epoch(data, tmp_path):
+    """Two epochs through the real Trainer; a run stopped mid-epoch 2 and resumed ends with the same weights."""
     from rankcraft.models.catalog import build_model
-    from rankcraft.training.trainer import TrainConfig, Trainer
+    from rankcraft.training.trainer import StopTraining, TrainConfig, Trainer
 
-    sd = ShardedData(data["sharded"].directory, buffer_shards=K)
     valid = ColumnData.from_numpy({k: v[:500] for k, v in data["ref"].items()})
-    torch.manual_seed(0)
-    model = build_model("dnn", data["enc"].feature_set(), {})
-    steps = []
+    # one thread: on this shared 2-core machine a second thread makes step times erratic
+    cfg = TrainConfig(epochs=2, quiet=True, batch_size=256, checkpoint_seconds=0, checkpoint_every=5, threads=1,
+                      early_stopping_patience=5)
+
+    def model(seed: int):
+        torch.manual_seed(seed)
+        return build_model("dnn", data["enc"].feature_set(), {"hidden_units": [32, 16]})
+
+    def stop_at(step):
+        if step == 17:  # mid-epoch 2 (12 steps per epoch), last checkpoint at step 15
+            raise StopTraining
+
     threads = torch.get_num_threads()
-    try:  # one thread: on this shared 2-core machine a second thread makes step times erratic
-        res = Trainer(model, TrainConfig(epochs=2, quiet=True, batch_size=256, checkpoint_seconds=0, threads=1),
-                      on_step=steps.append, objective=None).fit(sd, valid)
+    try:
+        sd = ShardedData(data["sharded"].directory, buffer_shards=K)
+        ref, steps = model(0), []
+        res = Trainer(ref, cfg, tmp_path / "ref", on_step=steps.append).fit(sd, valid)
+        assert len(res.history) == 2 and res.steps == 2 * sd.num_batches(256) == len(steps) == 24
+        assert np.isfinite(res.history[-1]["train_loss"]) and 0.0 <= res.history[-1]["auc"] <= 1.0
+        assert sd.peak_buffered_shards == K
+        with pytest.raises(StopTraining):
+            Trainer(model(0), cfg, tmp_path / "run", on_step=stop_at).fit(sd, valid)
+        resumed = model(99)  # another init: everything must come from the checkpoint and the replayed batches
+        res = Trainer(resumed, cfg, tmp_path / "run").fit(ShardedData(sd.directory, buffer_shards=K), valid,
+                                                          resume=True)
+        assert res.steps == 24
     finally:
         torch.set_num_threads(threads)
-    assert len(res.history) == 2 and res.steps == 2 * sd.num_batches(256) == len(steps)
-    assert np.isfinite(res.history[-1]["train_loss"]) and 0.0 <= res.history[-1]["auc"] <= 1.0
-    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
-    assert sd.peak_buffered_shards <= K
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k

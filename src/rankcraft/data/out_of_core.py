@@ -752,7 +752,7 @@ def _train_label_check(train: ShardedData, schema: Schema, path: str) -> None:
 def prepare_out_of_core(source: DataSource, cache_dir: str | Path | None = None, *,
                         fit_rows: int = DEFAULT_FIT_ROWS, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
                         buffer_shards: int = DEFAULT_BUFFER_SHARDS, batch_rows: int = DEFAULT_BATCH_ROWS,
-                        progress: bool = True) -> PreparedData:
+                        progress: bool = True, on_rows: Callable[[int], None] | None = None) -> PreparedData:
     """Prepare a file-based :class:`DataSource` whose training file may not fit in memory.
 
     Returns a :class:`PreparedData` whose ``splits["train"]`` is a :class:`ShardedData` and whose other splits
@@ -765,6 +765,7 @@ def prepare_out_of_core(source: DataSource, cache_dir: str | Path | None = None,
     the source's fingerprint (file digests, schema, seed, valid_fraction), ``fit_rows`` and ``rows_per_shard``, and
     written in a temporary folder renamed into place when complete. Sources built by a loader recipe (no files)
     are a :class:`DataError`: they are assembled in memory and can use :func:`~rankcraft.data.dataset.prepare`.
+    ``progress`` and ``on_rows`` report the encoding of the training file as :func:`build_sharded` does.
     """
     if source.loader is not None or not source.files:
         raise DataError(f"dataset '{source.name}' is assembled in memory by a loader recipe; out-of-core "
@@ -817,7 +818,7 @@ def prepare_out_of_core(source: DataSource, cache_dir: str | Path | None = None,
         del prefix
         train = build_sharded(train_path, schema, enc, tmp / "train", rows_per_shard=rows_per_shard,
                               batch_rows=batch_rows, buffer_shards=buffer_shards, exclude_rows=exclude,
-                              cache_key=key, progress=progress)
+                              cache_key=key, progress=progress, on_rows=on_rows)
         skipped = train.skipped + skipped
         _train_label_check(train, schema, train_path)
         splits: dict = {"train": train}

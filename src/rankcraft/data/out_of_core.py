@@ -447,7 +447,9 @@ def _read_chunks(path: str, schema: Schema, *, batch_rows: int = DEFAULT_BATCH_R
         raise DataError(f"missing column(s) {missing}; the file has columns {names}", path=path, column=missing[0])
     if _is_parquet(path):
         try:
-            pf = pq.ParquetFile(path)
+            # pre_buffer=False: with pre-buffering the reader keeps every row group's bytes it has read until it is
+            # closed, so memory would grow with the file (measured: +0.7 GB over a 0.7 GB file)
+            pf = pq.ParquetFile(path, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"not a readable Parquet file: {exc}", path=path) from None
         first = 0

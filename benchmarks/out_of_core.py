@@ -265,20 +265,20 @@ def markdown(res: dict) -> str:
         "",
         f"Command: `{res['command']}`",
         "",
-        f"Data: synthetic Parquet, {res['data']['spec']['rows']:,} training rows ({res['data']['train_gb']:.2f} GB), "
+        (f"Data: synthetic Parquet, {res['data']['spec']['rows']:,} training rows ({res['data']['train_gb']:.2f} GB), "
         f"{len(VOCABS)} categorical + {N_NUMERIC} numeric columns, seed {res['data']['spec']['seed']}; "
-        f"validation file {VALID_ROWS:,} rows.",
-        f"Model: `{o['model']}` {json.dumps(o['params'])}, {o['model_params']:,} parameters, batch {o['batch_size']}, "
-        f"{o['threads']} thread(s), Adam, one epoch.",
-        f"Machine: {res['machine']['cpus']} CPUs ({res['machine']['cpu_model']}), {res['machine']['memory_gb']} GB, "
-        f"torch {res['machine']['torch']}. {res['machine_note']}",
+        f"validation file {VALID_ROWS:,} rows."),
+        (f"Model: `{o['model']}` {json.dumps(o['params'])}, {o['model_params']:,} parameters, batch {o['batch_size']}, "
+        f"{o['threads']} thread(s), Adam, one epoch."),
+        (f"Machine: {res['machine']['cpus']} CPUs ({res['machine']['cpu_model']}), {res['machine']['memory_gb']} GB, "
+        f"torch {res['machine']['torch']}. {res['machine_note']}"),
         "",
-        "| loader | training rows | training rows/s | train s | peak RSS of the child (GB) | valid AUC | "
-        "preparation s |",
+        ("| loader | training rows | training rows/s | train s | peak RSS of the child (GB) | valid AUC | "
+        "preparation s |"),
         "|---|---|---|---|---|---|---|",
-        f"| out-of-core (shards) | {o['train_rows']:,} | {o['train_rows_per_s']:,} | {o['train_seconds']:.0f} | "
+        (f"| out-of-core (shards) | {o['train_rows']:,} | {o['train_rows_per_s']:,} | {o['train_seconds']:.0f} | "
         f"{o['peak_rss_gb']:.2f} | {o['valid_auc']:.4f} | {o['prepare_seconds']:.0f} (fit + shard build"
-        f"{', cache reused' if o['cache_reused'] else ''}) |",
+        f"{', cache reused' if o['cache_reused'] else ''}) |"),
         *(f"| in-memory (ColumnData), {when} | {r['train_rows']:,} | {r['train_rows_per_s']:,} | "
           f"{r['train_seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['valid_auc']:.4f} | {r['load_seconds']:.0f} "
           "(fit + read + encode) |" for when, r in (("run before", m), ("run after", m2))),
@@ -288,17 +288,17 @@ def markdown(res: dict) -> str:
         f"{yes[t['ratio_met']]}; against each in-memory run: "
         + ", ".join(f"{x:.3f}" for x in res["ratio_to_each_in_memory_run"]),
         f"- out-of-core peak RSS: **{o['peak_rss_gb']:.2f} GB** (target ≤ {TARGET_RSS_GB} GB): {yes[t['rss_met']]}",
-        f"- shards: {o['shards']} × {o['rows_per_shard']:,} rows, {o['row_bytes']} bytes/row, {o['cache_gb']:.2f} GB on "
+        (f"- shards: {o['shards']} × {o['rows_per_shard']:,} rows, {o['row_bytes']} bytes/row, {o['cache_gb']:.2f} GB on "
         f"disk; buffer_shards {o['buffer_shards']} (peak held {o['peak_buffered_shards']}), buffer bound "
-        f"{o['buffer_bound_gb']:.2f} GB; encoders fitted on the first {o['fit_rows']:,} rows",
-        f"- peak RSS of the out-of-core child after preparation: {o['peak_rss_after_prepare_gb']:.2f} GB; "
-        f"largest RSS sampled during its training epoch: {o['max_sampled_rss_during_training_gb']:.2f} GB",
-        f"- load average (1, 5, 15 min) before/after each child: in-memory {m['load_avg_before']} / "
+        f"{o['buffer_bound_gb']:.2f} GB; encoders fitted on the first {o['fit_rows']:,} rows"),
+        (f"- peak RSS of the out-of-core child after preparation: {o['peak_rss_after_prepare_gb']:.2f} GB; "
+        f"largest RSS sampled during its training epoch: {o['max_sampled_rss_during_training_gb']:.2f} GB"),
+        (f"- load average (1, 5, 15 min) before/after each child: in-memory {m['load_avg_before']} / "
         f"{m['load_avg_after']}, out-of-core {o['load_avg_before']} / {o['load_avg_after']}, in-memory "
-        f"{m2['load_avg_before']} / {m2['load_avg_after']}",
+        f"{m2['load_avg_before']} / {m2['load_avg_after']}"),
         "",
-        "Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` measured inside each child process (its whole life: "
-        "imports, preparation, training), each child started fresh.",
+        ("Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` measured inside each child process (its whole life: "
+        "imports, preparation, training), each child started fresh."),
         "",
     ]
     return "\n".join(lines)

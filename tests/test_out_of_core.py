@@ -379,7 +379,7 @@ def test_prepare_out_of_core_holds_validation_rows_out_of_the_prefix(data, tmp_p
 
 
 def test_prepare_out_of_core_needs_files(data, tmp_path):
-    src = DataSource(name="recipe", schema=data["schema"], loader=lambda: {})
+    src = DataSource(name="recipe", schema=data["schema"], loader=dict)
     with pytest.raises(DataError, match="loader recipe"):
         prepare_out_of_core(src, tmp_path)
     with pytest.raises(DataError, match="no training file"):

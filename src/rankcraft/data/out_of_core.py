@@ -75,8 +75,14 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from rankcraft.data.dataset import CACHE_VERSION, ColumnData, DataSource, PreparedData, default_cache_dir, \
-    label_class_warnings
+from rankcraft.data.dataset import (
+    CACHE_VERSION,
+    ColumnData,
+    DataSource,
+    PreparedData,
+    default_cache_dir,
+    label_class_warnings,
+)
 from rankcraft.data.encoders import Encoders, validate_table, vocabulary_warnings
 from rankcraft.data.features import FeatureSet, label_key
 from rankcraft.data.readers import (
@@ -312,7 +318,7 @@ class _Chunk(RawTable):
 
     first_row: int = 0
     rows: np.ndarray | None = field(default=None, repr=False)
-    lines: "_LineIndex | None" = field(default=None, repr=False)
+    lines: _LineIndex | None = field(default=None, repr=False)
 
     def file_row(self, row: int) -> int:
         return self.first_row + row if self.rows is None else int(self.rows[row])
@@ -337,7 +343,7 @@ class _Chunk(RawTable):
             reasons = [(r, f"row {self.file_row(r) + 1}: {why}") for r, why in reasons]
         return super().filter_rows(keep, reasons)
 
-    def take_rows(self, mask: np.ndarray) -> "_Chunk":
+    def take_rows(self, mask: np.ndarray) -> _Chunk:
         """The rows where ``mask`` is true, still naming their file rows in errors."""
         idx = np.flatnonzero(mask)
         rows = (self.first_row + idx) if self.rows is None else self.rows[idx]
@@ -447,7 +453,9 @@ def _read_chunks(path: str, schema: Schema, *, batch_rows: int = DEFAULT_BATCH_R
         raise DataError(f"missing column(s) {missing}; the file has columns {names}", path=path, column=missing[0])
     if _is_parquet(path):
         try:
-            pf = pq.ParquetFile(path)
+            # pre_buffer=False: with pre-buffering the reader keeps every row group's bytes it has read until it is
+            # closed, so memory would grow with the file (measured: +0.7 GB over a 0.7 GB file)
+            pf = pq.ParquetFile(path, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"not a readable Parquet file: {exc}", path=path) from None
         first = 0
@@ -781,7 +789,7 @@ def prepare_out_of_core(source: DataSource, cache_dir: str | Path | None = None,
     if path.exists():
         try:
             return _load_prepared(path, source.name, buffer_shards)
-        except Exception:  # damaged: rebuild below
+        except (OSError, ValueError, KeyError, DataError):  # damaged: rebuild below
             shutil.rmtree(path, ignore_errors=True)
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=cache_root))
@@ -793,7 +801,7 @@ def prepare_out_of_core(source: DataSource, cache_dir: str | Path | None = None,
         skipped: list[str] = []
         if "valid" not in source.files:
             n = sum(c.num_rows for c in prefix)
-            n_valid = max(1, int(round(n * source.valid_fraction))) if n > 1 else 0
+            n_valid = max(1, round(n * source.valid_fraction)) if n > 1 else 0
             exclude = np.sort(np.random.default_rng(source.seed).permutation(n)[:n_valid])
             held = np.zeros(n, dtype=bool)
             held[exclude] = True

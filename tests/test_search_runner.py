@@ -64,7 +64,7 @@ def test_every_strategy_writes_a_search_directory(strategy, tmp_path):
         assert all(t.extra.get("supernet_rank") for t in standalone)
     if strategy == "dnas":
         assert sorted(t.extra["lambda"] for t in standalone) == [0.0, 1.0] or len(standalone) == 1
-        assert (out / "dnas-0.0.pt").exists()
+        assert (out / "dnas-0.0" / "last.pt").exists()
 
 
 def test_existing_directory_needs_resume_and_resume_reuses_trials(tmp_path):
@@ -198,14 +198,14 @@ def test_kill_9_during_supernet_training_resumes_from_its_checkpoint(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, json.dumps(cfg), str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not (out / "supernet.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (out / "supernet" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, proc.stderr.read().decode()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     import torch
 
-    step = torch.load(out / "supernet.pt", weights_only=True)["step"]
+    step = torch.load(out / "supernet" / "last.pt", weights_only=True)["state"]["steps"]
     assert 0 < step < 200  # killed mid-training, after a checkpoint
     subprocess.run([sys.executable, "-c", _CRASH_SCRIPT, json.dumps(cfg), str(out), "resume"], check=True,
                    capture_output=True)

@@ -207,3 +207,39 @@ def test_max_steps(small):
     res = Trainer(_model(features), _cfg(epochs=5, max_steps=7)).fit(splits["train"], splits["valid"])
     assert res.steps == 7 and len(res.history) == 1
     assert np.isfinite(res.best_metrics["logloss"])
+
+
+def test_step_loop_separate_optimizer_and_stop_when(small, tmp_path):
+    """The supernet path: a fixed number of steps across epochs, a parameter set with its own optimiser that only
+    moves from its start step on, and a stop condition that ends the phase (marked done, so resume moves on)."""
+    from rankcraft.training.loops import StepLoop
+    from rankcraft.training.trainer import SeparateOptimizer
+
+    features, splits = small
+    model = _model(features)
+    extra = torch.nn.Parameter(torch.zeros(3))
+    model.register_parameter("extra", extra)
+    orig_forward = model.forward
+    model.forward = lambda batch: orig_forward(batch) + extra.sum()  # gives `extra` a gradient
+    seen: list[float] = []
+    trainer = Trainer(model, _cfg(max_steps=25), tmp_path / "run", separate=[SeparateOptimizer([extra], 0.1, 5)],
+                      before_step=lambda done: seen.append(float(extra.abs().sum())))
+    res = trainer.run(StepLoop(splits["train"], 25))
+    n = splits["train"].num_batches(128)
+    assert res.steps == 25 > n  # crosses an epoch boundary
+    assert seen[:6] == [0.0] * 6 and seen[6] > 0  # stepped from step index 5 on, not before
+    assert all(p is not extra for p in trainer._dense_params)
+    st = load_checkpoint(tmp_path / "run" / "last.pt")["state"]
+    assert st["cursor"]["done"] and st["steps"] == 25
+    calls = {"n": 0}
+
+    def stop_after_7():
+        calls["n"] += 1
+        return calls["n"] > 7
+
+    model2 = _model(features)
+    res = Trainer(model2, _cfg(max_steps=25), tmp_path / "run2", stop_when=stop_after_7).run(
+        StepLoop(splits["train"], 25))
+    assert res.steps == 7 and res.stopped_early
+    again = Trainer(model2, _cfg(max_steps=25), tmp_path / "run2").run(StepLoop(splits["train"], 25), resume=True)
+    assert again.steps == 7  # the phase was marked finished: a resume does not train again

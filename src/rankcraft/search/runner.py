@@ -4,7 +4,7 @@ A search directory holds::
 
     config.json      the resolved SearchConfig (a resumed search must use the same one)
     trials.db        the Optuna trial store (unless --storage names another database)
-    supernet.pt      one-shot supernet checkpoint (oneshot); dnas-<λ>.pt per penalty weight (dnas)
+    supernet/last.pt one-shot supernet training state (oneshot); dnas-<λ>/last.pt per penalty weight (dnas)
     front.png        the Pareto front (validation objective vs FLOPs/example) with the zoo references
     report.md/json   the front, its hypervolume, the best architecture and the zoo comparison
     best.json        the best searched architecture: {"arch": ..., "params": ..., "metrics": ..., "flops": ...}

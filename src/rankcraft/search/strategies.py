@@ -22,18 +22,20 @@ import math
 import random
 from collections import deque
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from rankcraft.models.arch.cost import arch_flops
 from rankcraft.models.arch.format import Arch
+from rankcraft.models.output import DEFAULT_HEAD, ModelOutput
 from rankcraft.search.context import arch_key
 from rankcraft.search.dnas import DnasSupernet
 from rankcraft.search.supernet import Supernet
-from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
+from rankcraft.training.loops import StepLoop
 from rankcraft.training.metrics import auc, entropy
+from rankcraft.training.trainer import SeparateOptimizer, TrainConfig, Trainer
 
 
 def _rng(ctx, *tag) -> random.Random:
@@ -91,21 +93,6 @@ def run_evolution(ctx) -> None:
 
 
 # --------------------------------------------------------------------------------------------- weight sharing
-def _train_batches(ctx, batch_size: int, seed: int):
-    """Endless shuffled training batches (epoch after epoch), deterministic in ``seed``."""
-    train = ctx.data.splits["train"]
-    epoch = 0
-    while True:
-        yield from train.batches(batch_size, shuffle=True, seed=seed, epoch=epoch)
-        epoch += 1
-
-
-def _skip(it, n: int):
-    for _ in range(n):
-        next(it)
-    return it
-
-
 def _score_batches(ctx, n: int, batch_size: int) -> list[dict]:
     valid = ctx.data.splits["valid"]
     out = []
@@ -137,43 +124,57 @@ def _ne(logloss: float, batches: list[dict]) -> float:
     return logloss / entropy(float(torch.cat([b["label"] for b in batches]).double().mean()))
 
 
-def _train_loop(ctx, model, params_groups, step_fn, *, steps: int, ckpt_path, every: int, desc: str,
-                time_share: float, seed: int, batch_size: int, extra_state=None):
-    """Shared resumable training loop for the supernets. ``step_fn(batch, step) -> loss``."""
-    opts = [torch.optim.Adam(ps, lr=lr) for ps, lr in params_groups]
-    start = 0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        for o, s in zip(opts, state["optimizers"]):
-            o.load_state_dict(s)
-        start = int(state["step"])
-    if start >= steps:
-        return opts
-    torch.manual_seed(seed + start)
-    it = _skip(_train_batches(ctx, batch_size, seed), start)
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not ctx.progress, unit="step", dynamic_ncols=True)
-    model.train()
-    losses = []
-    for step in range(start, steps):
+class _PathSampled(nn.Module):
+    """The supernet with the path of the current step: ``forward(batch) = net(batch, arch)`` (``arch`` is set
+    before every step by the one-shot strategy)."""
+
+    def __init__(self, net: Supernet):
+        super().__init__()
+        self.net = net
+        self.arch: Arch | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(batch, self.arch)
+
+
+class _CostPenalised(nn.Module):
+    """The DNAS supernet as a model whose auxiliary loss is ``λ · E[FLOPs]`` (the binary objective adds it to the
+    cross-entropy: ``L = BCE + λ · cost``)."""
+
+    def __init__(self, net: DnasSupernet, lam: float):
+        super().__init__()
+        self.net, self.lam = net, lam
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        logits, cost = self.net(batch)
+        return ModelOutput({DEFAULT_HEAD: logits}, aux_loss=self.lam * cost)
+
+
+def _train_supernet(ctx, model: nn.Module, *, name: str, steps: int, lr: float, batch_size: int, every: int,
+                    time_share: float, before_step=None, separate: list[SeparateOptimizer] = ()) -> None:
+    """Train a supernet for ``steps`` Adam steps (gradient norm clipped to 10) through the shared
+    :class:`~rankcraft.training.trainer.Trainer` and :class:`~rankcraft.training.loops.StepLoop`, resumable from
+    ``<search>/<name>/last.pt``. The phase ends early once the search has used ``time_share`` of a time budget."""
+    run_dir = ctx.out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, optimizer="adam", lr_schedule="constant",
+                      clip_grad_norm=10.0, max_steps=steps, checkpoint_every=every, checkpoint_seconds=0,
+                      seed=ctx.cfg.seed, quiet=not ctx.progress)
+
+    def out_of_time() -> bool:
         if ctx.cfg.budget.minutes and ctx.time_fraction() >= time_share:
-            tqdm.write(f"{desc}: stopping at step {step} ({time_share:.0%} of the time budget used)")
-            break
-        loss = step_fn(next(it), step, opts)
-        losses.append(loss)
-        bar.update(1)
-        if (step + 1) % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        if (step + 1) % every == 0 and step + 1 < steps:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizers": [o.state_dict() for o in opts],
-                                        "step": step + 1})
+            tqdm.write(f"{name}: stopping ({time_share:.0%} of the time budget used)")
+            return True
+        return False
+
+    def on_step(done: int) -> None:
+        if done % every == 0:
             ctx.save_elapsed()
-    bar.close()
-    # the training phase is over (all steps, or stopped by the time budget): a resume moves on
-    save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizers": [o.state_dict() for o in opts],
-                                "step": steps, "trained_steps": start + len(losses)})
+
+    trainer = Trainer(model, cfg, run_dir, on_step=on_step, before_step=before_step, stop_when=out_of_time,
+                      separate=separate)
+    trainer.run(StepLoop(ctx.data.splits["train"], steps), resume=(run_dir / "last.pt").exists())
     ctx.save_elapsed()
-    return opts
 
 
 def run_oneshot(ctx) -> None:
@@ -182,22 +183,16 @@ def run_oneshot(ctx) -> None:
     torch.manual_seed(ctx.cfg.seed)
     net = Supernet(ctx.data.features, ctx.space, ctx.cfg.embedding_dim)
 
-    def step_fn(batch, step, opts):
+    model = _PathSampled(net)
+
+    def pick_path(step: int) -> None:
+        """Largest-path warm-up: the largest path with probability 1 - step / (warmup · steps), else a sample."""
         rng = _rng(ctx, "path", step)
         p_largest = max(0.0, 1.0 - step / (cfg.warmup * cfg.steps)) if cfg.warmup > 0 else 0.0
-        arch = ctx.space.largest(rng) if rng.random() < p_largest else ctx.space.sample(rng)
-        loss = F.binary_cross_entropy_with_logits(net(batch, arch), batch["label"])
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
-        for o in opts:
-            o.step()
-        return loss.item()
+        model.arch = ctx.space.largest(rng) if rng.random() < p_largest else ctx.space.sample(rng)
 
-    _train_loop(ctx, net, [(list(net.parameters()), cfg.lr)], step_fn, steps=cfg.steps,
-                ckpt_path=ctx.out / "supernet.pt", every=cfg.checkpoint_every, desc="supernet",
-                time_share=0.5, seed=ctx.cfg.seed, batch_size=bs)
+    _train_supernet(ctx, model, name="supernet", steps=cfg.steps, lr=cfg.lr, batch_size=bs,
+                    every=cfg.checkpoint_every, time_share=0.5, before_step=pick_path)
     net.eval()
     net.use_batch_stats(ctx.space.config.norm == "batch")
     score_batches = _score_batches(ctx, cfg.score_batches, bs)
@@ -247,24 +242,10 @@ def run_dnas(ctx) -> None:
         if derived is None:
             torch.manual_seed(ctx.cfg.seed)
             net = DnasSupernet(ctx.data.features, ctx.space, ctx.cfg.embedding_dim, tau=cfg.tau)
-            freeze = int(cfg.warmup * cfg.steps)
-
-            def step_fn(batch, step, opts, net=net, lam=lam, freeze=freeze):
-                logits, cost = net(batch)
-                loss = F.binary_cross_entropy_with_logits(logits, batch["label"]) + lam * cost
-                for o in opts:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.weight_parameters(), 10.0)
-                opts[0].step()
-                if step >= freeze:
-                    opts[1].step()
-                return loss.item()
-
-            _train_loop(ctx, net, [(net.weight_parameters(), cfg.lr), (net.arch_parameters(), cfg.alpha_lr)],
-                        step_fn, steps=cfg.steps, ckpt_path=ctx.out / f"dnas-{lam!r}.pt",
-                        every=cfg.checkpoint_every, desc=f"dnas λ={lam}", time_share=0.8 * (k + 1) / n,
-                        seed=ctx.cfg.seed, batch_size=bs)
+            freeze = int(cfg.warmup * cfg.steps)  # α is trained from this step on
+            _train_supernet(ctx, _CostPenalised(net, lam), name=f"dnas-{lam!r}", steps=cfg.steps, lr=cfg.lr,
+                            batch_size=bs, every=cfg.checkpoint_every, time_share=0.8 * (k + 1) / n,
+                            separate=[SeparateOptimizer(net.arch_parameters(), cfg.alpha_lr, freeze)])
             derived = {"arch": net.derive().to_dict(), "expected_flops": net.expected_flops()}
             ctx.store.set_meta(meta_key, derived)
         ctx.evaluate([Arch.model_validate(derived["arch"])],

@@ -122,6 +122,46 @@ class EpochLoop:
                          stopped_early=stopped_early, steps=state.steps)
 
 
+# ------------------------------------------------------------------------------------------------- steps
+class StepLoop:
+    """A fixed number of steps over one training split, epoch after epoch, without validation (supernet training in
+    one-shot and DNAS search). Row order of epoch ``e``: permutation ``(seed, e)``, as in :class:`EpochLoop`. The
+    trainer's ``stop_when`` (a time budget) may end it sooner; either way the phase is then marked finished in
+    ``last.pt`` (cursor ``done``), so a resumed search moves on instead of training again."""
+
+    def __init__(self, train: ColumnData, steps: int):
+        self.train, self.steps = train, steps
+
+    def initial_state(self) -> TrainState:
+        return TrainState(cursor={"epoch": 0, "step": 0})
+
+    def check_resumable(self, state: TrainState) -> None:
+        if "epoch" not in state.cursor:
+            raise CheckpointError("last.pt was written by stream training; it cannot be resumed as step training")
+
+    @staticmethod
+    def describe(cursor: dict) -> str:
+        return f"epoch {cursor['epoch'] + 1}, step {cursor['step']}"
+
+    def run(self, trainer, state: TrainState, stop) -> FitResult:
+        trainer.model.train()
+        if trainer.cfg.max_steps != self.steps:
+            raise ValueError("StepLoop needs the trainer's max_steps set to its steps")
+        while not state.cursor.get("done") and state.steps < self.steps:
+            epoch = state.cursor["epoch"]
+            _, done = trainer.train_pass(self.train, state, order=epoch, desc=f"steps (epoch {epoch + 1})",
+                                         stop=stop)
+            if done:
+                break
+            state.cursor = {"epoch": epoch + 1, "step": 0}
+            state.losses = []
+        state.cursor["done"] = True
+        trainer.save_last(state)
+        stop.check()
+        return FitResult(best_epoch=0, best_metrics={}, history=[], train_rows_per_s=_rows_per_s(state),
+                         train_seconds=state.seconds, stopped_early=state.steps < self.steps, steps=state.steps)
+
+
 # ------------------------------------------------------------------------------------------------- streams
 class StreamPartition(Protocol):
     """One time partition of a stream: a sortable ``key`` (its start time, ISO text) and its rows."""

@@ -15,7 +15,13 @@ import signal
 from pathlib import Path
 
 from rankcraft.errors import ConfigError, WorkerError
-from rankcraft.training.run import RunConfig, RunResult, _result_of, read_run_config, train
+from rankcraft.training.run import (
+    RunConfig,
+    RunResult,
+    _result_of,
+    read_run_config,
+    train,
+)
 
 
 def _worker_loop(cfg: dict) -> None:

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -83,15 +84,34 @@ class StopTraining(Exception):
     """Raised by a callback to stop training immediately (used to simulate interruptions in tests)."""
 
 
-__all__ = ["FitResult", "StopTraining", "TrainConfig", "Trainer"]
+__all__ = ["FitResult", "SeparateOptimizer", "StopTraining", "TrainConfig", "Trainer"]
+
+
+@dataclass
+class SeparateOptimizer:
+    """Parameters trained by their own Adam with their own learning rate, stepped only from step ``start_step``
+    on (e.g. DNAS architecture logits α: own lr, frozen during a weight warm-up). They are left out of the main
+    optimiser and of gradient clipping."""
+
+    params: list
+    lr: float
+    start_step: int = 0
 
 
 class Trainer:
     """Fits ``model`` on column data; writes checkpoints and metrics to ``run_dir`` when given."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, run_dir: str | Path | None = None,
-                 on_step: Callable[[int], None] | None = None, objective: Objective | None = None):
+                 on_step: Callable[[int], None] | None = None, objective: Objective | None = None, *,
+                 before_step: Callable[[int], None] | None = None, stop_when: Callable[[], bool] | None = None,
+                 separate: list[SeparateOptimizer] = ()):
+        """``on_step(steps_done)`` runs after every step, ``before_step(steps_done)`` before it (e.g. a supernet
+        picks the path of that step), and ``stop_when()`` is asked before every step: True ends training there
+        (a time budget), like ``max_steps``. ``separate``: parameter sets with their own optimiser."""
         self.model = model
+        self.before_step = before_step
+        self.stop_when = stop_when
+        self.separate = list(separate)
         self.objective = objective if objective is not None else default_objective()
         self.monitor = self.objective.check_monitor(config.monitor)
         self.cfg = config
@@ -104,6 +124,8 @@ class Trainer:
         self.rank, self.world = process_group()
         self._emb_params, self._net_params, self._sparse_params, self._dense_params = self._split_params()
         self.optimizers = self._make_optimizers()
+        self.n_main_optimizers = len(self.optimizers)
+        self.optimizers += [torch.optim.Adam(g.params, lr=g.lr) for g in self.separate]
         self.scheduler = self._make_scheduler()
         self._best_state: dict | None = None
         self._last_ckpt = time.monotonic()
@@ -126,8 +148,9 @@ class Trainer:
                 if module.sparse:
                     sparse.append(module.weight)
         sparse_ids = {id(p) for p in sparse}
+        own = {id(p) for g in self.separate for p in g.params}
         for p in list(self.model.parameters()) + list(self.objective.parameters()):
-            if not p.requires_grad:
+            if not p.requires_grad or id(p) in own:
                 continue
             if id(p) not in sparse_ids:
                 dense.append(p)
@@ -168,7 +191,7 @@ class Trainer:
 
     def _sync_sparse_lr(self) -> None:
         lr = self.optimizers[0].param_groups[0]["lr"]
-        for opt in self.optimizers[1:]:
+        for opt in self.optimizers[1:self.n_main_optimizers]:
             for g in opt.param_groups:
                 g["lr"] = lr
 
@@ -182,7 +205,7 @@ class Trainer:
             reg = reg + c.net_l2 / 2 * sum(p.pow(2).sum() for p in self._net_params)
         return reg
 
-    def _train_step(self, batch: dict[str, torch.Tensor]) -> float:
+    def _train_step(self, batch: dict[str, torch.Tensor], steps_done: int = 0) -> float:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         with autocast(self.cfg.bf16):
@@ -192,8 +215,11 @@ class Trainer:
         total.backward()
         if self.cfg.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._dense_params, self.cfg.clip_grad_norm)
-        for opt in self.optimizers:
+        for opt in self.optimizers[:self.n_main_optimizers]:
             opt.step()
+        for opt, g in zip(self.optimizers[self.n_main_optimizers:], self.separate):
+            if steps_done >= g.start_step:
+                opt.step()
         return float(loss.detach())
 
     # ------------------------------------------------------------------ one pass over a split
@@ -217,7 +243,12 @@ class Trainer:
                                          start_step):
                 if step >= n_batches:
                     break
-                loss = self._train_step(batch)
+                if self.stop_when is not None and self.stop_when():
+                    done_by_max = True
+                    break
+                if self.before_step is not None:
+                    self.before_step(state.steps)
+                loss = self._train_step(batch, state.steps)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at {desc}, step {step}; "
                                              "lower the learning rate or enable clip_grad_norm")
@@ -344,7 +375,6 @@ class Trainer:
     def fit(self, train: ColumnData, valid: ColumnData, *, resume: bool = False) -> FitResult:
         """Epoch training: until ``epochs``, early stopping or ``max_steps``; resume from ``last.pt`` with
         ``resume`` (see :class:`~rankcraft.training.loops.EpochLoop`)."""
-        from rankcraft.training.loops import EpochLoop  # loops drive the trainer: imported where used
 
         return self.run(EpochLoop(train, valid), resume=resume)
 

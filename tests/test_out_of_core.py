@@ -423,3 +423,27 @@ def test_a_trainer_trains_on_sharded_data_and_resumes_mid_epoch(data, tmp_path):
         torch.set_num_threads(threads)
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+
+
+def test_cli_trains_out_of_core_from_a_run_config_key(tmp_path, capsys):
+    """`rankcraft train --out-of-core` (data.out_of_core) trains on the sharded cache and resumes like any run."""
+    import json as _json
+
+    from rankcraft.cli.main import main
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    u, x = rng.integers(0, 40, n), rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-((u % 4) - 1.5 + x)))).astype(int)
+    lines = ["user,x,label"] + [f"u{a},{b:.3f},{c}" for a, b, c in zip(u, x, y)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "schema.yaml").write_text(_json.dumps({"labels": ["label"], "features": [
+        {"name": "user", "type": "categorical"}, {"name": "x", "type": "numeric"}]}))
+    args = ["train", "--schema", str(tmp_path / "schema.yaml"), "--train", str(tmp_path / "train.csv"),
+            "--model", "lr", "--out-of-core", "--epochs", "2", "--batch-size", "256", "--quiet"]
+    assert main(args + ["--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "run")]) == 0
+    cfg = _json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"]["out_of_core"]["rows_per_shard"] > 0
+    assert any(p.name.startswith("train-ooc-") for p in (tmp_path / "c").iterdir())
+    report = _json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["valid"]["auc"] > 0.6 and report["epochs_run"] == 2

@@ -130,6 +130,10 @@ def cmd_train(args) -> int:
             for key, val in (("unit", args.partition_by), ("fit_on", args.fit_on), ("column", args.partition_column)):
                 if val is not None:
                     part[key] = val
+    if getattr(args, "out_of_core", False):
+        d = cfg.setdefault("data", {"recipe": "synthetic"})
+        if isinstance(d, dict):
+            d["out_of_core"] = dict(d.get("out_of_core") or {})
     if args.init_from:
         cfg["init_from"] = args.init_from
     if args.model:
@@ -463,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
     t.add_argument("--out", help="run directory (default runs/MODEL-TIMESTAMP)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    t.add_argument("--out-of-core", action="store_true", help="read the training file in record batches into a "
+                   "sharded cache, memory bounded whatever its size (docs/out-of-core.md; file-based data)")
     s = t.add_argument_group("streams (time partitions; see docs/streams.md)")
     s.add_argument("--partition-by", choices=["hour", "day", "week"],
                    help="train as a stream: one pass per time partition, each evaluated before training on it")

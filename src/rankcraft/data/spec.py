@@ -9,9 +9,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from rankcraft.data.catalog import get_source, schema_source
 from rankcraft.data.dataset import DataSource, PreparedData, prepare
 from rankcraft.data.encoders import Encoders
+from rankcraft.data.out_of_core import (
+    DEFAULT_BUFFER_SHARDS,
+    DEFAULT_FIT_ROWS,
+    DEFAULT_ROWS_PER_SHARD,
+    prepare_out_of_core,
+)
 from rankcraft.data.partitions import PartitionSpec, PreparedStream, prepare_stream
 from rankcraft.data.schema import Schema
 from rankcraft.errors import ConfigError
+
+
+class OutOfCoreSpec(BaseModel):
+    """Read the training file in record batches into a sharded, memory-mapped cache (docs/out-of-core.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fit_rows: int = Field(default=DEFAULT_FIT_ROWS, ge=1)  # the encoders are fitted on the first rows only
+    rows_per_shard: int = Field(default=DEFAULT_ROWS_PER_SHARD, ge=1)
+    buffer_shards: int = Field(default=DEFAULT_BUFFER_SHARDS, ge=1)  # shards shuffled together in memory
 
 
 class DataSpec(BaseModel):
@@ -33,6 +49,8 @@ class DataSpec(BaseModel):
     options: dict = Field(default_factory=dict)  # recipe-specific options, e.g. {max_len: 100} for ml-100k-seq
     #: time partitions for stream training (see rankcraft.data.partitions); absent: ordinary splits
     partitions: PartitionSpec | None = None
+    #: read the training file out of core (bounded memory; file-based data only); absent: in memory
+    out_of_core: OutOfCoreSpec | None = None
 
     def with_absolute_paths(self) -> "DataSpec":
         """The same spec with every file/directory path absolute (a run directory's ``config.json`` stores
@@ -73,6 +91,10 @@ def prepare_spec(spec: DataSpec | dict, cache_dir: str | Path | None = None) -> 
     if spec.partitions is not None:
         raise ConfigError("data.partitions: time partitions are for stream training (rankcraft train); this "
                           "command needs ordinary train/valid splits — remove 'partitions'")
+    if spec.out_of_core is not None:
+        o = spec.out_of_core
+        return prepare_out_of_core(spec.source(), cache_dir, fit_rows=o.fit_rows, rows_per_shard=o.rows_per_shard,
+                                   buffer_shards=o.buffer_shards)
     return prepare(spec.source(), cache_dir=cache_dir)
 
 
@@ -83,4 +105,7 @@ def prepare_stream_spec(spec: DataSpec | dict, cache_dir: str | Path | None = No
         spec = DataSpec.model_validate(spec)
     if spec.partitions is None:
         raise ConfigError("data: stream training needs 'partitions' (e.g. {unit: day, fit_on: 7})")
+    if spec.out_of_core is not None:
+        raise ConfigError("data: 'out_of_core' and 'partitions' do not combine yet; partitions are read one at a "
+                          "time already (each is cached on its own)")
     return prepare_stream(spec.source(), spec.partitions, cache_dir=cache_dir, encoders=encoders)

@@ -313,3 +313,17 @@ def test_cli_stream_training_warm_start_and_errors(tmp_path, capsys):
     assert main(common[:-2] + ["--cache-dir", str(tmp_path / "c2"), "--partition-column", "user",
                                "--out", str(tmp_path / "d")]) == 2
     assert "cannot parse time 'u" in capsys.readouterr().err
+
+
+def test_taobao_stream_has_one_partition_per_beijing_day(tmp_path):
+    from rankcraft.data.registry import find_data_dir
+
+    try:
+        find_data_dir("taobao-userbehavior-84k", None)
+    except DataError:
+        pytest.skip("needs ../shared/data/taobao-userbehavior-84k")
+    from rankcraft.data.spec import prepare_stream_spec
+
+    stream = prepare_stream_spec({"recipe": "taobao-userbehavior", "partitions": {"unit": "day", "fit_on": 7}},
+                                 tmp_path / "c")
+    assert stream.keys() == [f"2017-11-{d}" for d in range(25, 31)] + ["2017-12-01", "2017-12-02", "2017-12-03"]

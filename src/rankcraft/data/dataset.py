@@ -138,13 +138,15 @@ class DataSource:
     #: a raw column with each row's event time (unix seconds or ISO date/time), kept in the raw tables (not a
     #: feature) so that the rows can be bucketed into time partitions (:mod:`rankcraft.data.partitions`)
     time_column: str | None = None
+    #: the time zone of the data's calendar (hours east of UTC), for bucketing ``time_column`` into days
+    utc_offset_hours: float = 0.0
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(f"{CACHE_VERSION}|{self.version}|{self.name}|{self.schema.fingerprint()}|"
                  f"{self.valid_fraction}|{self.seed}".encode())
         if self.time_column is not None:
-            h.update(f"|time={self.time_column}".encode())
+            h.update(f"|time={self.time_column}|utc{self.utc_offset_hours:+g}".encode())
         for split, path in sorted(self.files.items()):
             h.update(f"|{split}={file_digest(path)}".encode())
         for path in self.inputs:

@@ -58,7 +58,8 @@ class PartitionSpec(BaseModel):
     files: list[str] | None = None
     #: the encoders are fitted on this many leading partitions, then frozen
     fit_on: int = Field(default=1, ge=1)
-    utc_offset_hours: float = Field(default=0.0, ge=-12, le=14)
+    #: bucket boundaries in this time zone; default: the recipe's (e.g. 8 for Taobao, Beijing time), else UTC
+    utc_offset_hours: float | None = Field(default=None, ge=-12, le=14)
     #: keep partitions with first <= key <= last (keys as in the partition list)
     first: str | None = None
     last: str | None = None
@@ -224,7 +225,8 @@ def _raw_parts(source: DataSource, spec: PartitionSpec, column: str | None) -> l
     first = tables[0]
     table = pa.concat_tables([r.table for r in tables], promote_options="default")
     t = np.concatenate(times)
-    start, keys = bucket(t, spec.unit, spec.utc_offset_hours)
+    offset = spec.utc_offset_hours if spec.utc_offset_hours is not None else source.utc_offset_hours
+    start, keys = bucket(t, spec.unit, offset)
     order = np.lexsort((t, start))  # by bucket, then time (stable: file order within equal times)
     start_sorted = start[order]
     bounds = np.flatnonzero(np.diff(start_sorted)) + 1

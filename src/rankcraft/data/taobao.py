@@ -221,4 +221,4 @@ def taobao_source(data_dir: str | None = None, *, label: str | None = None, labe
 
     return DataSource(name=NAME, schema=taobao_schema(chosen, max_len), loader=load, inputs=[str(path)],
                       version=f"1:labels={','.join(chosen)}:max_len={max_len}:split_days={','.join(map(str, sd))}",
-                      time_column="timestamp")
+                      time_column="timestamp", utc_offset_hours=8.0)

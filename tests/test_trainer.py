@@ -243,3 +243,20 @@ def test_step_loop_separate_optimizer_and_stop_when(small, tmp_path):
     assert res.steps == 7 and res.stopped_early
     again = Trainer(model2, _cfg(max_steps=25), tmp_path / "run2").run(StepLoop(splits["train"], 25), resume=True)
     assert again.steps == 7  # the phase was marked finished: a resume does not train again
+
+
+def test_device_option(small, tmp_path):
+    from rankcraft.errors import ConfigError
+    from rankcraft.training.trainer import resolve_device
+
+    features, splits = small
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device 'cuda': no CUDA device is available"):
+            Trainer(_model(features), _cfg(device="cuda"))
+    with pytest.raises(Exception, match="device"):
+        _cfg(device="tpu")
+    model = _model(features)
+    Trainer(model, _cfg(device="auto", epochs=1)).fit(splits["train"], splits["valid"])
+    assert next(model.parameters()).device.type == "cpu"  # the trained model comes back on the CPU

@@ -155,7 +155,7 @@ def cmd_train(args) -> int:
     train = cfg["train"] = _copy_section(cfg.get("train"))
     if isinstance(train, dict):
         for key in ("epochs", "batch_size", "lr", "optimizer", "seed", "threads", "embedding_l2", "monitor",
-                    "max_steps", "checkpoint_every"):
+                    "max_steps", "checkpoint_every", "device"):
             val = getattr(args, key)
             if val is not None:
                 train[key] = val
@@ -464,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch intra-op threads")
     t.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
     t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
-    t.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    t.add_argument("--device", help="cpu (default), cuda, cuda:N or auto (cuda when available)")
     t.add_argument("--out", help="run directory (default runs/MODEL-TIMESTAMP)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     t.add_argument("--out-of-core", action="store_true", help="read the training file in record batches into a "

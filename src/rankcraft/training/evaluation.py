@@ -16,8 +16,21 @@ from rankcraft.models.output import as_output
 from rankcraft.training.objectives import Objective, default_objective
 
 
-def autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+def autocast(enabled: bool, device_type: str = "cpu"):
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch on ``device`` (the same dict when it is the CPU: batches are built on the CPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -29,16 +42,17 @@ def predict_heads(model: nn.Module, data: ColumnData, objective: Objective | Non
     objective = objective or default_objective()
     was_training = model.training
     model.eval()
+    device = model_device(model)
     out: dict[str, list[torch.Tensor]] = {}
     n = data.num_batches(batch_size)
     show = progress and n > 1 and sys.stderr.isatty()
     try:
         for batch in tqdm(data.batches(batch_size), total=n, disable=not show, desc="scoring", unit="batch",
                           leave=False, dynamic_ncols=True):
-            with autocast(bf16):
-                heads = objective.probabilities(as_output(model(batch)))
+            with autocast(bf16, device.type):
+                heads = objective.probabilities(as_output(model(to_device(batch, device))))
             for h, p in heads.items():
-                out.setdefault(h, []).append(p)
+                out.setdefault(h, []).append(p.cpu())
     finally:
         model.train(was_training)
     return {h: torch.cat(ps).numpy() for h, ps in out.items()}

@@ -31,13 +31,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rankcraft.data.dataset import ColumnData
-from rankcraft.errors import CheckpointError
+from rankcraft.errors import CheckpointError, ConfigError
 from rankcraft.files import atomic_write_text, dumps_json_line
 from rankcraft.interrupts import DeferredInterrupts
 from rankcraft.models.output import as_output
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
 from rankcraft.training.distributed import process_group, wrap_data_parallel
-from rankcraft.training.evaluation import autocast, evaluate
+from rankcraft.training.evaluation import autocast, evaluate, to_device
 from rankcraft.training.loops import EpochLoop, FitResult
 from rankcraft.training.objectives import Objective, default_objective, higher_is_better
 from rankcraft.training.reporters import make_reporters
@@ -69,6 +69,8 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int = Field(default=2, ge=1)
     min_delta: float = Field(default=0.0, ge=0)  # early stopping: a gain smaller than this is no improvement
     seed: int = 2024
+    #: where to train: cpu, cuda, cuda:N, or auto (cuda when available); the trained model comes back on the CPU
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")
     bf16: bool = False
     threads: int | None = Field(default=None, ge=1)
     compile: bool = False
@@ -78,6 +80,21 @@ class TrainConfig(BaseModel):
     quiet: bool = False
     #: experiment trackers for the per-epoch metrics besides metrics.jsonl (see training/reporters.py)
     report_to: list[Literal["jsonl", "tensorboard", "mlflow"]] = Field(default_factory=lambda: ["jsonl"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available) as a torch device; a CUDA device that is not
+    there is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device '{name}': no CUDA device is available here (this torch build or "
+                              "machine has none); use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device '{name}': there are only {torch.cuda.device_count()} CUDA devices")
+    return dev
 
 
 class StopTraining(Exception):
@@ -122,6 +139,12 @@ class Trainer:
         #: data-parallel training: this process's rank and the number of processes (0 and 1 without
         #: torch.distributed; see rankcraft.training.distributed)
         self.rank, self.world = process_group()
+        self.device = resolve_device(config.device)
+        if self.device.type != "cpu":
+            if self.world > 1:
+                raise ConfigError("train.device: data-parallel training (--workers) runs on CPUs; use device cpu")
+            model.to(self.device)
+            self.objective.to(self.device)
         self._emb_params, self._net_params, self._sparse_params, self._dense_params = self._split_params()
         self.optimizers = self._make_optimizers()
         self.n_main_optimizers = len(self.optimizers)
@@ -208,7 +231,7 @@ class Trainer:
     def _train_step(self, batch: dict[str, torch.Tensor], steps_done: int = 0) -> float:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        with autocast(self.cfg.bf16):
+        with autocast(self.cfg.bf16, self.device.type):
             out = as_output(self.forward(batch))
         loss, _ = self.objective.loss(out, batch)
         total = loss + self.regularization() if (self.cfg.embedding_l2 or self.cfg.net_l2) else loss
@@ -248,7 +271,7 @@ class Trainer:
                     break
                 if self.before_step is not None:
                     self.before_step(state.steps)
-                loss = self._train_step(batch, state.steps)
+                loss = self._train_step(to_device(batch, self.device), state.steps)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at {desc}, step {step}; "
                                              "lower the learning rate or enable clip_grad_norm")
@@ -306,6 +329,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "state": state.to_dict(),
             "rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
 
     def save_last(self, state: TrainState) -> None:
@@ -333,6 +357,8 @@ class Trainer:
             if self.scheduler is not None and ckpt["scheduler"]:
                 self.scheduler.load_state_dict(ckpt["scheduler"])
             torch.set_rng_state(ckpt["rng"])
+            if self.device.type == "cuda" and "cuda_rng" in ckpt:
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], self.device)
             return TrainState.from_dict(ckpt["state"]) if ckpt.get("format", 1) >= 2 \
                 else TrainState.from_format_1(ckpt)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -405,4 +431,7 @@ class Trainer:
             self.model.load_state_dict(load_checkpoint(self.run_dir / "best.pt")["model"])
         elif self._best_state is not None:
             self.model.load_state_dict(self._best_state)
+        if self.device.type != "cpu":  # the trained model comes back on the CPU, like a loaded run
+            self.model.to("cpu")
+            self.objective.to("cpu")
         return result

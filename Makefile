@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 is resolved first so pip never pulls a CUDA build.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[search,distributed,test]"
+	$(PY) -m pip install -q -e ".[search,distributed,serve,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -354,6 +354,18 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from rankcraft.serving.export import export_run
+
+    _check_run_config(args.run_dir)
+    out = export_run(args.run_dir, args.out, fmt=args.format)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"exported {manifest['model']} ({', '.join(manifest['heads'])}) to {out}: model.onnx, encoders.json, "
+          f"manifest.json; checked against torch on {manifest['check']['rows']} rows (max |Δp| "
+          f"{manifest['check']['max_abs_diff']:.1e})")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from rankcraft.data.catalog import RECIPES
     from rankcraft.data.dataset import prepare
@@ -499,6 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("file")
     pr.add_argument("--out", help="CSV to write (one 'score' column); default: print")
     pr.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="export a trained run as a self-contained ONNX artifact",
+                       description="Write DIR with model.onnx (encoded columns → one probability per head, dynamic "
+                       "batch and list axes), the encoders, the features and a manifest (versions, heads, input "
+                       "signature). Scoring it needs numpy, pyarrow and onnxruntime only (extra rankcraft[serve]).")
+    x.add_argument("run_dir")
+    x.add_argument("--format", default="onnx", choices=["onnx"])
+    x.add_argument("--out", required=True, help="artifact directory to write")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("datasets", help="list recipes, or describe one dataset")
     _add_data_args(d)

@@ -1,0 +1,91 @@
+"""Scoring an exported ONNX artifact with numpy, pyarrow and ONNX Runtime only (no torch): the serving side.
+
+:class:`Artifact` loads ``manifest.json``, the encoders and ``model.onnx``; :meth:`Artifact.score_rows` encodes raw
+rows (dicts of raw values, as in the training files) with the run's encoders and returns one probability array per
+head. Unseen categories map to the OOV id (or their hash bucket), missing values to the schema's fill values, as in
+training. This module must not import torch (``tests/test_export.py`` checks it in a fresh interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from rankcraft.data.encoders import Encoders, validate_table
+from rankcraft.data.readers import RawTable
+from rankcraft.errors import ConfigError, DataError
+
+SUPPORTED_FORMATS = (1,)
+
+
+class Artifact:
+    """An exported model ready to score (thread-safe: ONNX Runtime sessions may be run concurrently)."""
+
+    def __init__(self, directory: str | Path, *, threads: int = 1):
+        self.directory = Path(directory)
+        path = self.directory / "manifest.json"
+        try:
+            self.manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{self.directory}: not an exported artifact (no manifest.json); export a run with "
+                              "`rankcraft export RUN --out DIR`") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: unreadable manifest ({exc})") from None
+        if self.manifest.get("format") not in SUPPORTED_FORMATS:
+            raise ConfigError(f"{path}: artifact format {self.manifest.get('format')} is not supported by this "
+                              f"version (supports {SUPPORTED_FORMATS})")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("scoring an ONNX artifact needs onnxruntime: pip install 'rankcraft[serve]'") from None
+        self.encoders = Encoders.from_json((self.directory / "encoders.json").read_text())
+        self.schema = self.encoders.schema
+        self.heads: list[str] = list(self.manifest["heads"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.directory / "model.onnx"), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        #: the raw columns a request must be able to provide (labels are not needed)
+        self.raw_columns = [c for c in self.schema.required_columns() if c not in self.schema.label_columns]
+
+    @property
+    def version(self) -> str:
+        return f"{self.manifest['model']}@{self.manifest.get('source_run', '')}"
+
+    def encode(self, table: pa.Table, origin: str = "<request>") -> dict[str, np.ndarray]:
+        """Encoded input columns for a table of raw values (strings or numbers per raw column)."""
+        missing = [c for c in self.raw_columns if c not in table.column_names]
+        if missing:
+            raise DataError(f"missing feature(s): {', '.join(missing)}", path=origin)
+        cols = {c: table.column(c) for c in self.raw_columns}
+        strings = pa.table({c: (v if pa.types.is_string(v.type) else v.cast(pa.string())) for c, v in cols.items()})
+        raw = validate_table(RawTable(strings, origin, 0, "memory"), self.schema, labels=False)
+        return self.encoders.transform(raw, labels=False)
+
+    def score_columns(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.heads, {k: columns[k] for k in self.inputs})
+        return {h: np.asarray(o, dtype=np.float32) for h, o in zip(self.heads, outs)}
+
+    def score_table(self, table: pa.Table, origin: str = "<request>") -> dict[str, np.ndarray]:
+        return self.score_columns(self.encode(table, origin))
+
+    def score_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        """One probability per row and head: ``{head: float32[len(rows)]}``."""
+        table = pa.table({c: pa.array([_text(r.get(c)) for r in rows], pa.string()) for c in self.raw_columns})
+        return self.score_table(table)
+
+
+def _text(v) -> str:
+    """A raw JSON value as the text a data file would hold (None → empty: missing)."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, (list, tuple)):
+        raise DataError("a list value must be given as the separator-joined text the schema declares")
+    return str(v)

@@ -366,6 +366,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from rankcraft.serving.server import serve
+
+    serve(args.artifact, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+          max_candidates=args.max_candidates, log_level=args.log_level)
+    return 0
+
+
+def cmd_loadtest(args) -> int:
+    from rankcraft.serving.loadtest import load_body, run_loadtest
+
+    body = load_body(args.payload, args.artifact, args.candidates)
+    res = run_loadtest(args.url, body, clients=args.clients, requests=args.requests, max_seconds=args.max_seconds)
+    if args.json:
+        print(_dumps(res))
+    else:
+        lat = res["latency_ms"]
+        print(f"{res['ok']}/{res['requests']} ok in {res['wall_seconds']:.1f} s with {res['clients']} client(s), "
+              f"{res['candidates_per_request']} candidates/request")
+        print(f"latency ms: p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}")
+        print(f"throughput: {res['requests_per_s']} requests/s, {res['candidates_per_s']} candidates/s")
+        print(f"errors: {res['errors'] or 0}")
+    return 0 if not res["errors"] else 1
+
+
 def cmd_datasets(args) -> int:
     from rankcraft.data.catalog import RECIPES
     from rankcraft.data.dataset import prepare
@@ -520,6 +545,29 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", default="onnx", choices=["onnx"])
     x.add_argument("--out", required=True, help="artifact directory to write")
     x.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="HTTP scoring server for an exported artifact (or a run, exported first)",
+                        description="POST /v1/score, GET /healthz, GET /metrics, POST /admin/reload (docs/serving.md). "
+                        "Needs the extra rankcraft[serve].")
+    sv.add_argument("artifact", help="artifact directory (rankcraft export) or a finished run directory")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="server processes sharing the port")
+    sv.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads per process")
+    sv.add_argument("--max-candidates", type=int, default=1000)
+    sv.add_argument("--log-level", default="warning")
+    sv.set_defaults(func=cmd_serve)
+
+    lt = sub.add_parser("loadtest", help="bounded load test of a local scoring server")
+    lt.add_argument("url", help="e.g. http://127.0.0.1:8000/v1/score (localhost only)")
+    lt.add_argument("--clients", type=int, default=1)
+    lt.add_argument("--requests", type=int, default=200)
+    lt.add_argument("--candidates", type=int, default=100)
+    lt.add_argument("--max-seconds", type=float, default=60.0)
+    lt.add_argument("--payload", help="JSON request body to send")
+    lt.add_argument("--artifact", help="build the request from this artifact's vocabularies")
+    lt.add_argument("--json", action="store_true")
+    lt.set_defaults(func=cmd_loadtest)
 
     d = sub.add_parser("datasets", help="list recipes, or describe one dataset")
     _add_data_args(d)

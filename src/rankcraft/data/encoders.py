@@ -196,7 +196,9 @@ class Vocabulary:
             codes = np.array([FIRST_ID + zlib.crc32(u.encode()) % self.hash_buckets for u in uniq], dtype=np.int64)
             ids = codes[enc.indices.to_numpy(zero_copy_only=False)]
         else:
-            idx = pc.index_in(values, value_set=pa.array(self.values or [], pa.string()))
+            if getattr(self, "_arrow_values", None) is None:  # built once per vocabulary, not per call
+                self._arrow_values = pa.array(self.values or [], pa.string())
+            idx = pc.index_in(values, value_set=self._arrow_values)
             ids = pc.fill_null(pc.add(idx, FIRST_ID), OOV).to_numpy(zero_copy_only=False).astype(np.int64)
         ids[empty] = PAD
         return ids

@@ -141,3 +141,20 @@ def test_cli_export(datasets, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["encoders.json", "features.json",
                                                                     "manifest.json", "model.onnx"]
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("model", ["dcnv2", "esmm", "din"])
+def test_pt2_export_scores_like_torch(model, datasets, tmp_path):
+    run_dir, data = _run(model, datasets, tmp_path)
+    art = Artifact(export_run(run_dir, tmp_path / "art", fmt="pt2"))
+    assert art.kind == "pt2" and (tmp_path / "art" / "model.pt2").exists()
+    run = load_run(run_dir)
+    cols = {k: v.numpy()[:50] for k, v in data.splits["valid"].columns.items() if not k.startswith("label")}
+    got = art.score_columns(_hostile(cols))
+    from rankcraft.models.output import as_output
+
+    with torch.no_grad():
+        want = run.objective.probabilities(as_output(run.model({k: torch.from_numpy(v)
+                                                                for k, v in _hostile(cols).items()})))
+    for h in art.heads:
+        assert np.max(np.abs(got[h] - want[h].numpy())) <= 1e-5

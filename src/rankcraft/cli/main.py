@@ -360,7 +360,7 @@ def cmd_export(args) -> int:
     _check_run_config(args.run_dir)
     out = export_run(args.run_dir, args.out, fmt=args.format)
     manifest = json.loads((out / "manifest.json").read_text())
-    print(f"exported {manifest['model']} ({', '.join(manifest['heads'])}) to {out}: model.onnx, encoders.json, "
+    print(f"exported {manifest['model']} ({', '.join(manifest['heads'])}) to {out}: {manifest['file']}, encoders.json, "
           f"manifest.json; checked against torch on {manifest['check']['rows']} rows (max |Δp| "
           f"{manifest['check']['max_abs_diff']:.1e})")
     return 0
@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "batch and list axes), the encoders, the features and a manifest (versions, heads, input "
                        "signature). Scoring it needs numpy, pyarrow and onnxruntime only (extra rankcraft[serve]).")
     x.add_argument("run_dir")
-    x.add_argument("--format", default="onnx", choices=["onnx"])
+    x.add_argument("--format", default="onnx", choices=["onnx", "pt2"],
+                   help="onnx (scored by onnxruntime, no torch) or pt2 (a torch.export program, scored with torch)")
     x.add_argument("--out", required=True, help="artifact directory to write")
     x.set_defaults(func=cmd_export)
 

@@ -1,4 +1,5 @@
-"""Scoring an exported ONNX artifact with numpy, pyarrow and ONNX Runtime only (no torch): the serving side.
+"""Scoring an exported artifact: ONNX with numpy, pyarrow and ONNX Runtime only (no torch), or a ``pt2``
+(``torch.export``) program with torch: the serving side.
 
 :class:`Artifact` loads ``manifest.json``, the encoders and ``model.onnx``; :meth:`Artifact.score_rows` encodes raw
 rows (dicts of raw values, as in the training files) with the run's encoders and returns one probability array per
@@ -37,19 +38,29 @@ class Artifact:
         if self.manifest.get("format") not in SUPPORTED_FORMATS:
             raise ConfigError(f"{path}: artifact format {self.manifest.get('format')} is not supported by this "
                               f"version (supports {SUPPORTED_FORMATS})")
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ConfigError("scoring an ONNX artifact needs onnxruntime: pip install 'rankcraft[serve]'") from None
         self.encoders = Encoders.from_json((self.directory / "encoders.json").read_text())
         self.schema = self.encoders.schema
         self.heads: list[str] = list(self.manifest["heads"])
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.directory / "model.onnx"), opts,
-                                            providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.kind = self.manifest.get("kind", "onnx")
+        if self.kind == "pt2":  # a torch.export program: needs torch (not rankcraft's model code)
+            import torch
+
+            torch.set_num_threads(threads)
+            self._module = torch.export.load(str(self.directory / "model.pt2")).module()
+            self.inputs = [i["name"] for i in self.manifest["inputs"]]
+            self.session = None
+        else:
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise ConfigError("scoring an ONNX artifact needs onnxruntime: pip install 'rankcraft[serve]'") \
+                    from None
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(self.directory / "model.onnx"), opts,
+                                                providers=["CPUExecutionProvider"])
+            self.inputs = [i.name for i in self.session.get_inputs()]
         #: the raw columns a request must be able to provide (labels are not needed)
         self.raw_columns = [c for c in self.schema.required_columns() if c not in self.schema.label_columns]
 
@@ -68,7 +79,13 @@ class Artifact:
         return self.encoders.transform(raw, labels=False)
 
     def score_columns(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.heads, {k: columns[k] for k in self.inputs})
+        if self.session is None:
+            import torch
+
+            with torch.no_grad():
+                outs = [t.numpy() for t in self._module(*(torch.from_numpy(columns[k]) for k in self.inputs))]
+        else:
+            outs = self.session.run(self.heads, {k: columns[k] for k in self.inputs})
         return {h: np.asarray(o, dtype=np.float32) for h, o in zip(self.heads, outs)}
 
     def score_table(self, table: pa.Table, origin: str = "<request>") -> dict[str, np.ndarray]:

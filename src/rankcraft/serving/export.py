@@ -1,4 +1,8 @@
-"""Self-contained export of a trained run: ``rankcraft export RUN --format onnx --out DIR``.
+"""Self-contained export of a trained run: ``rankcraft export RUN --format onnx|pt2 --out DIR``.
+
+``onnx`` (default) is scored by ONNX Runtime without torch; ``pt2`` is a ``torch.export`` program (dynamic batch
+axis, list axes at the schema's ``max_len``), scored with torch but without rankcraft's model code. Below, the
+ONNX form; the pt2 artifact has the same files with ``model.pt2``.
 
 An artifact directory holds everything scoring needs, and nothing of the training stack:
 
@@ -98,8 +102,8 @@ def _dynamic_axes(columns: dict[str, np.ndarray]) -> dict[str, dict[int, str]]:
 def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", check_rows: int = 64) -> Path:
     """Export the run in ``run_dir`` to the artifact directory ``out`` (written atomically: a temporary directory
     renamed into place). Returns ``out``."""
-    if fmt != "onnx":
-        raise ExportError(f"export format '{fmt}' is not supported; use onnx")
+    if fmt not in ("onnx", "pt2"):
+        raise ExportError(f"export format '{fmt}' is not supported; use onnx or pt2")
     run = load_run(run_dir)
     name = run.config.model
     if name in NOT_EXPORTABLE:
@@ -114,45 +118,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", check
             columns[k] = rng.integers(0, hi, size=columns[k].shape).astype(np.int64)
         else:
             columns[k] = rng.normal(size=columns[k].shape).astype(columns[k].dtype)
-    tensors = tuple(torch.from_numpy(columns[k]) for k in keys)
     scoring = ScoringModule(run.model, run.objective, keys, heads).eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        # the fused transformer-encoder kernel has no ONNX form: trace the plain attention ops instead
-        torch.backends.mha.set_fastpath_enabled(False)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _register_symbolics()
-            try:
-                torch.onnx.export(scoring, tensors, str(tmp / "model.onnx"), input_names=keys, output_names=heads,
-                                  dynamic_axes={**_dynamic_axes({k: columns[k] for k in keys}),
-                                                **{h: {0: "batch"} for h in heads}},
-                                  opset_version=OPSET, dynamo=False)
-            except Exception as exc:  # the exporters raise many types; the reason is what the user needs
-                reason = " ".join(str(exc).split())[:300]
-                raise ExportError(f"model '{name}' cannot be exported to ONNX: {type(exc).__name__}: {reason}") \
-                    from None
-            finally:
-                torch.backends.mha.set_fastpath_enabled(fastpath)
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
-        graph_inputs = [i.name for i in sess.get_inputs()]
-        worst = 0.0
-        for rows in (slice(None), slice(0, 3)):  # the traced batch size and another one
-            part = {k: columns[k][rows] for k in keys}
-            with torch.no_grad():
-                want = [t.numpy() for t in scoring(*(torch.from_numpy(part[k]) for k in keys))]
-            try:
-                got = sess.run(None, {k: part[k] for k in graph_inputs})
-            except Exception as exc:
-                raise ExportError(f"model '{name}': the exported graph fails on a batch of another size "
-                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); it depends on the "
-                                  "data in a way tracing cannot keep") from None
-            worst = max([worst] + [float(np.max(np.abs(a - b))) for a, b in zip(want, got)])
+        if fmt == "onnx":
+            graph_inputs, worst = _write_onnx(scoring, columns, keys, heads, tmp, name)
+        else:
+            graph_inputs, worst = _write_pt2(scoring, columns, keys, heads, tmp, name)
         if not worst <= 1e-4:
             raise ExportError(f"model '{name}': the exported graph disagrees with torch (max |Δp| = {worst:.2e} on "
                               "sample rows); it likely depends on the data in a way tracing cannot keep")
@@ -160,15 +134,17 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", check
         (tmp / "features.json").write_text(json.dumps(run.features.to_dict()))
         manifest = {
             "format": EXPORT_FORMAT,
-            "kind": "onnx",
+            "kind": fmt,
+            "file": f"model.{fmt}",
             "model": name,
             "params": run.config.params,
             "heads": heads,
             "head_kinds": {h: k for h, k in zip(heads, _head_kinds(run.objective, heads))},
-            "inputs": [{"name": k, "dtype": str(columns[k].dtype), "shape": _shape(k, columns[k])}
+            "inputs": [{"name": k, "dtype": str(columns[k].dtype),
+                        "shape": _shape(k, columns[k]) if fmt == "onnx" else ["batch", *columns[k].shape[1:]]}
                        for k in graph_inputs],
             "outputs": [{"name": h, "dtype": "float32", "shape": ["batch"]} for h in heads],
-            "opset": OPSET,
+            "opset": OPSET if fmt == "onnx" else None,
             "versions": _versions(),
             "source_run": str(Path(run_dir).resolve()),
             "check": {"rows": int(len(columns[keys[0]])), "max_abs_diff": worst},
@@ -181,6 +157,74 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", check
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check(score_fn, scoring: ScoringModule, columns: dict, keys: list[str], name: str) -> float:
+    """Max |Δp| between ``score_fn`` (the exported graph) and torch at the traced batch size and another one."""
+    worst = 0.0
+    for rows in (slice(None), slice(0, 3)):
+        part = {k: columns[k][rows] for k in keys}
+        with torch.no_grad():
+            want = [t.numpy() for t in scoring(*(torch.from_numpy(part[k]) for k in keys))]
+        try:
+            got = score_fn(part)
+        except Exception as exc:
+            raise ExportError(f"model '{name}': the exported graph fails on a batch of another size "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); it depends on the "
+                              "data in a way tracing cannot keep") from None
+        worst = max([worst] + [float(np.max(np.abs(a - np.asarray(b)))) for a, b in zip(want, got)])
+    return worst
+
+
+def _write_onnx(scoring, columns, keys, heads, tmp: Path, name: str) -> tuple[list[str], float]:
+    tensors = tuple(torch.from_numpy(columns[k]) for k in keys)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # the fused transformer-encoder kernel has no ONNX form: trace the plain attention ops instead
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _register_symbolics()
+            try:
+                torch.onnx.export(scoring, tensors, str(tmp / "model.onnx"), input_names=keys, output_names=heads,
+                                  dynamic_axes={**_dynamic_axes({k: columns[k] for k in keys}),
+                                                **{h: {0: "batch"} for h in heads}},
+                                  opset_version=OPSET, dynamo=False)
+            except Exception as exc:  # the exporters raise many types; the reason is what the user needs
+                reason = " ".join(str(exc).split())[:300]
+                raise ExportError(f"model '{name}' cannot be exported to ONNX: {type(exc).__name__}: {reason}") \
+                    from None
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+    graph_inputs = [i.name for i in sess.get_inputs()]
+    worst = _check(lambda part: sess.run(None, {k: part[k] for k in graph_inputs}), scoring, columns, keys, name)
+    return graph_inputs, worst
+
+
+def _write_pt2(scoring, columns, keys, heads, tmp: Path, name: str) -> tuple[list[str], float]:
+    """``torch.export`` program (``model.pt2``): dynamic batch axis; list axes fixed at the schema's ``max_len``
+    (what the encoders produce). Loading it needs torch (``torch.export.load``), not rankcraft's model code."""
+    tensors = tuple(torch.from_numpy(columns[k]) for k in keys)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(scoring, tensors, dynamic_shapes=(tuple({0: batch} for _ in keys),))
+            torch.export.save(program, str(tmp / "model.pt2"))
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ExportError(f"model '{name}' cannot be exported with torch.export: {type(exc).__name__}: {reason}") \
+            from None
+    module = torch.export.load(str(tmp / "model.pt2")).module()
+
+    def run(part):
+        with torch.no_grad():
+            return [t.numpy() for t in module(*(torch.from_numpy(part[k]) for k in keys))]
+
+    return keys, _check(run, scoring, columns, keys, name)
 
 
 def _vocab_bound(features, key: str) -> int:

@@ -134,22 +134,28 @@ class ScoringService:
                 raise ClientError(422, f"'{part}' must be an object of feature values", part)
             for k, v in block.items():
                 shared[k] = _raw(v, f"{part}.{k}")
-        columns: dict[str, list[str | None]] = {}
-        for c in art.raw_columns:
-            columns[c] = []
         for i, cand in enumerate(cands):
             if not isinstance(cand, dict):
                 raise ClientError(422, f"candidates[{i}] must be an object", f"candidates[{i}]")
-            for c in art.raw_columns:
+        n = len(cands)
+        columns: dict[str, pa.Array] = {}
+        for c in art.raw_columns:  # column by column: a shared (user/context) value is one value repeated
+            if c in shared and not any(c in cand for cand in cands):
+                v = shared[c]
+                columns[c] = pa.array(["" if v is None else v] * n, pa.string())
+                continue
+            vals = []
+            for i, cand in enumerate(cands):
                 if c in cand:
-                    columns[c].append(_raw(cand[c], f"candidates[{i}].{c}"))
+                    v = _raw(cand[c], f"candidates[{i}].{c}")
                 elif c in shared:
-                    columns[c].append(shared[c])
+                    v = shared[c]
                 else:
                     raise ClientError(422, f"feature '{c}' is missing (give it in the candidate, context or user)",
                                       c if i == 0 else f"candidates[{i}].{c}")
-        return pa.table({c: pa.array([("" if v is None else v) for v in vals], pa.string())
-                         for c, vals in columns.items()})
+                vals.append("" if v is None else v)
+            columns[c] = pa.array(vals, pa.string())
+        return pa.table(columns)
 
     def score(self, payload: object) -> tuple[dict, int]:
         art = self.artifact  # this request's artifact, whatever a reload does meanwhile

@@ -313,7 +313,8 @@ def serve(path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, worker
     os.environ.update(RANKCRAFT_SERVE_ARTIFACT=str(art.resolve()), RANKCRAFT_SERVE_THREADS=str(threads),
                       RANKCRAFT_SERVE_MAX_CANDIDATES=str(max_candidates))
     uvicorn.run("rankcraft.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
+                log_level=log_level, access_log=False,
+                http="rankcraft.serving.http_protocol:NoDelayHTTPProtocol")
 
 
 __all__ = ["ScoringService", "build_app", "serve", "resolve_artifact"]

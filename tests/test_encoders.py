@@ -402,3 +402,23 @@ def test_bug_feature_names_clash_with_batch_keys():
     assert out["label"].tolist() == [1.0, 0.0]
     assert out["num"].shape == (2, 1)
     assert any(v.shape == (2, 2) and v.tolist() == [[2, 3], [4, 0]] for v in out.values())
+
+
+def test_shared_columns_are_encoded_once_and_broadcast_like_repeated_values():
+    enc = Encoders.fit(_all_kinds_table(0), ALL_KINDS)
+    t = _all_kinds_table(1, n=7).table
+    shared_cols = ["user", "price", "age", "hist", "ts"]  # every kind: categorical, numeric, bucketized, sequence
+    one = t.slice(2, 1).select(shared_cols)
+    repeated = t.select([c for c in t.column_names if c not in shared_cols])
+    for c in shared_cols:
+        repeated = repeated.append_column(c, pa.array([one.column(c)[0].as_py()] * t.num_rows, pa.string()))
+    want = enc.transform(RawTable(repeated, "<x>", 0, "memory"), labels=False)
+    per_row = RawTable(t.select([c for c in t.column_names if c not in shared_cols]), "<x>", 0, "memory")
+    got = enc.transform(per_row, labels=False, shared=RawTable(one, "<x>", 0, "memory"))
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    with pytest.raises(DataError, match="must come from the same place"):
+        enc.transform(RawTable(t.select([c for c in t.column_names if c != "ts"]), "<x>", 0, "memory"),
+                      labels=False, shared=RawTable(one.select(["ts"]), "<x>", 0, "memory"))

@@ -259,11 +259,26 @@ class Encoders:
         owner = spec.share_vocab_with or spec.name
         return Vocabulary.from_dict(self.state[owner]["vocab"])
 
-    def transform(self, raw: RawTable, *, labels: bool = True) -> dict[str, np.ndarray]:
+    def transform(self, raw: RawTable, *, labels: bool = True,
+                  shared: RawTable | None = None) -> dict[str, np.ndarray]:
         """Encode a validated table into column arrays (see :mod:`rankcraft.data.features` for the layout).
-        ``labels=False`` encodes the features only (scoring input needs no labels)."""
+        ``labels=False`` encodes the features only (scoring input needs no labels).
+
+        ``shared``: a validated one-row table of columns that are the same for every row (a scoring request's user
+        and context values). A feature whose raw column is there is encoded once, from that row, and broadcast
+        over the ``raw.num_rows`` rows; the result equals encoding the value repeated in every row."""
         n = raw.num_rows
         out: dict[str, np.ndarray] = {}
+        if shared is not None and shared.num_rows != 1:
+            raise ValueError("the shared table must have exactly one row")
+        shared_cols = set(shared.table.column_names) if shared is not None else set()
+
+        def source(column: str) -> RawTable:
+            return shared if column in shared_cols else raw  # type: ignore[return-value]
+
+        def rows(arr: np.ndarray, column: str) -> np.ndarray:
+            return np.repeat(arr, n, axis=0) if column in shared_cols else arr
+
         if labels:
             first = None
             for spec in self.schema.labels:
@@ -278,33 +293,39 @@ class Encoders:
                 out["label"] = first
         cats, nums = [], []
         for spec in self.schema.features:
-            col = _column(raw, spec.raw_column)
+            src, rc = source(spec.raw_column), spec.raw_column
             if spec.type == "categorical":
-                cats.append(self.vocab(spec).encode(col))
+                cats.append(rows(self.vocab(spec).encode(_column(src, rc)), rc))
             elif spec.type == "numeric":
-                x = _numeric_values(raw, spec)
+                x = _numeric_values(src, spec)
                 if spec.transform == "bucketize":
-                    cats.append(FIRST_ID + np.searchsorted(self.state[spec.name]["boundaries"], x, side="right"))
+                    cats.append(rows(FIRST_ID + np.searchsorted(self.state[spec.name]["boundaries"], x,
+                                                                side="right"), rc))
                 else:
-                    nums.append(self._numeric_transform(spec, x).astype(np.float32))
+                    nums.append(rows(self._numeric_transform(spec, x).astype(np.float32), rc))
             else:
-                flat, rows = _split_lists(col, spec.separator)
+                flat, lrows = _split_lists(_column(src, rc), spec.separator)
                 ids = self.vocab(spec).encode(flat)
                 keep_last = spec.type == "sequence"
-                out[spec.name] = _pad_lists(ids, rows, n, spec.max_len, keep_last=keep_last)
+                out[spec.name] = rows(_pad_lists(ids, lrows, src.num_rows, spec.max_len, keep_last=keep_last), rc)
                 if spec.type == "sequence" and spec.timestamp_column:
-                    tflat, trows = _split_lists(_column(raw, spec.timestamp_column), spec.separator)
+                    tc = spec.timestamp_column
+                    if (tc in shared_cols) != (rc in shared_cols):
+                        raise DataError(f"'{rc}' and its timestamps '{tc}' must come from the same place (both "
+                                        "per row or both shared)", path=raw.path, column=tc)
+                    tflat, trows = _split_lists(_column(src, tc), spec.separator)
                     ts = parse_floats(tflat)
-                    if ts is None or len(ts) != len(ids) or not np.array_equal(trows, rows):
-                        raise _timestamp_error(raw, spec, rows, tflat, trows, n)
+                    if ts is None or len(ts) != len(ids) or not np.array_equal(trows, lrows):
+                        raise _timestamp_error(src, spec, lrows, tflat, trows, src.num_rows)
                     # float64: unix seconds (~1e9) would lose ~1 minute of resolution in float32
-                    out[spec.name + "__ts"] = _pad_lists(np.nan_to_num(ts), rows, n, spec.max_len, keep_last=True,
-                                                         dtype=np.float64)
+                    out[spec.name + "__ts"] = rows(_pad_lists(np.nan_to_num(ts), lrows, src.num_rows, spec.max_len,
+                                                              keep_last=True, dtype=np.float64), rc)
         out["cat"] = (np.stack(cats, axis=1) if cats else np.zeros((n, 0))).astype(np.int64)
         out["num"] = (np.stack(nums, axis=1) if nums else np.zeros((n, 0))).astype(np.float32)
         if self.schema.user_column:
-            out["group"] = pc.dictionary_encode(_column(raw, self.schema.user_column)).indices.to_numpy(
-                zero_copy_only=False).astype(np.int64)
+            uc = self.schema.user_column
+            out["group"] = rows(pc.dictionary_encode(_column(source(uc), uc)).indices.to_numpy(
+                zero_copy_only=False).astype(np.int64), uc)
         return out
 
     def _numeric_transform(self, spec: FeatureSpec, x: np.ndarray) -> np.ndarray:
@@ -417,15 +438,18 @@ def label_values(raw: RawTable, spec: LabelSpec) -> tuple[np.ndarray, list[tuple
     return y, sorted(problems)
 
 
-def validate_table(raw: RawTable, schema: Schema, *, labels: bool = True) -> RawTable:
+def validate_table(raw: RawTable, schema: Schema, *, labels: bool = True, partial: bool = False) -> RawTable:
     """Find bad labels and unparseable numbers. ``on_error: raise`` → :class:`DataError` at the first bad cell
-    (file, line, column); ``skip`` → the rows are dropped and recorded in ``raw.skipped``."""
+    (file, line, column); ``skip`` → the rows are dropped and recorded in ``raw.skipped``. ``partial``: check only
+    the features whose raw column the table has (a scoring request's shared user/context block)."""
     problems: list[tuple[int, str, str]] = []  # (row, column, reason)
     for spec in schema.labels if labels else []:
         problems += [(r, spec.raw_column, why) for r, why in label_values(raw, spec)[1]]
         if problems and schema.on_error == "raise":
             break
     for spec in schema.features:
+        if partial and spec.raw_column not in raw.table.column_names:
+            continue
         _check_not_list(raw, spec)
         if spec.type != "numeric":
             continue

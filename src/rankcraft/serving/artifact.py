@@ -68,15 +68,30 @@ class Artifact:
     def version(self) -> str:
         return f"{self.manifest['model']}@{self.manifest.get('source_run', '')}"
 
-    def encode(self, table: pa.Table, origin: str = "<request>") -> dict[str, np.ndarray]:
-        """Encoded input columns for a table of raw values (strings or numbers per raw column)."""
-        missing = [c for c in self.raw_columns if c not in table.column_names]
+    def encode(self, table: pa.Table, origin: str = "<request>", shared: pa.Table | None = None
+               ) -> dict[str, np.ndarray]:
+        """Encoded input columns for a table of raw values (strings or numbers per raw column). ``shared``: a
+        one-row table of columns common to every row (a request's user/context values), encoded once and
+        broadcast."""
+        have = set(table.column_names) | (set(shared.column_names) if shared is not None else set())
+        missing = [c for c in self.raw_columns if c not in have]
         if missing:
             raise DataError(f"missing feature(s): {', '.join(missing)}", path=origin)
-        cols = {c: table.column(c) for c in self.raw_columns}
-        strings = pa.table({c: (v if pa.types.is_string(v.type) else v.cast(pa.string())) for c, v in cols.items()})
-        raw = validate_table(RawTable(strings, origin, 0, "memory"), self.schema, labels=False)
-        return self.encoders.transform(raw, labels=False)
+        raw = self._validated(table, [c for c in self.raw_columns if c in table.column_names and
+                                      (shared is None or c not in shared.column_names)], origin)
+        one = self._validated(shared, [c for c in self.raw_columns if c in shared.column_names], origin + " (shared)") \
+            if shared is not None else None
+        return self.encoders.transform(raw, labels=False, shared=one)
+
+    def _validated(self, table: pa.Table, columns: list[str], origin: str) -> RawTable:
+        strings = pa.table({c: (table.column(c) if pa.types.is_string(table.column(c).type)
+                                else table.column(c).cast(pa.string())) for c in columns}) if columns else \
+            pa.table({"__rows": pa.array([""] * table.num_rows, pa.string())})  # keeps the row count
+        raw = validate_table(RawTable(strings, origin, 0, "memory"), self.schema, labels=False, partial=True)
+        if raw.num_rows != strings.num_rows:  # on_error: skip would drop rows and misalign the scores
+            line, why = raw.skipped[0]
+            raise DataError(f"a value cannot be used: {why}", path=origin)
+        return raw
 
     def score_columns(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is None:
@@ -88,8 +103,9 @@ class Artifact:
             outs = self.session.run(self.heads, {k: columns[k] for k in self.inputs})
         return {h: np.asarray(o, dtype=np.float32) for h, o in zip(self.heads, outs)}
 
-    def score_table(self, table: pa.Table, origin: str = "<request>") -> dict[str, np.ndarray]:
-        return self.score_columns(self.encode(table, origin))
+    def score_table(self, table: pa.Table, origin: str = "<request>", shared: pa.Table | None = None
+                    ) -> dict[str, np.ndarray]:
+        return self.score_columns(self.encode(table, origin, shared))
 
     def score_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
         """One probability per row and head: ``{head: float32[len(rows)]}``."""

@@ -111,7 +111,8 @@ class ScoringService:
                 self.path = Path(path)
             return new
 
-    def parse(self, payload: object, art: Artifact) -> pa.Table:
+    def parse(self, payload: object, art: Artifact) -> tuple[pa.Table, pa.Table | None]:
+        """The request as (a table with one row per candidate, a one-row table of the shared values or None)."""
         if not isinstance(payload, dict):
             raise ClientError(422, "the body must be a JSON object with 'candidates'", "body")
         unknown = [k for k in payload if k not in ("user", "context", "candidates")]
@@ -137,12 +138,12 @@ class ScoringService:
         for i, cand in enumerate(cands):
             if not isinstance(cand, dict):
                 raise ClientError(422, f"candidates[{i}] must be an object", f"candidates[{i}]")
-        n = len(cands)
         columns: dict[str, pa.Array] = {}
-        for c in art.raw_columns:  # column by column: a shared (user/context) value is one value repeated
+        once: dict[str, pa.Array] = {}
+        for c in art.raw_columns:  # column by column; a user/context value no candidate overrides is encoded once
             if c in shared and not any(c in cand for cand in cands):
                 v = shared[c]
-                columns[c] = pa.array(["" if v is None else v] * n, pa.string())
+                once[c] = pa.array(["" if v is None else v], pa.string())
                 continue
             vals = []
             for i, cand in enumerate(cands):
@@ -155,13 +156,14 @@ class ScoringService:
                                       c if i == 0 else f"candidates[{i}].{c}")
                 vals.append("" if v is None else v)
             columns[c] = pa.array(vals, pa.string())
-        return pa.table(columns)
+        rows = pa.table(columns) if columns else pa.table({"__rows": pa.array([""] * len(cands), pa.string())})
+        return rows, (pa.table(once) if once else None)
 
     def score(self, payload: object) -> tuple[dict, int]:
         art = self.artifact  # this request's artifact, whatever a reload does meanwhile
-        table = self.parse(payload, art)
+        table, shared = self.parse(payload, art)
         try:
-            scores = art.score_table(table)
+            scores = art.score_table(table, shared=shared)
         except DataError as exc:
             raise ClientError(422, str(exc).removeprefix("<request>: "), getattr(exc, "column", None)) from None
         out = {h: [_finite(x) for x in v.tolist()] for h, v in scores.items()}

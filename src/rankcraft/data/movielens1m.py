@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from rankcraft.data.dataset import DataSource
 from rankcraft.data.readers import RawTable
-from rankcraft.data.recipes import add_histories, time_split
+from rankcraft.data.recipes import add_histories, time_split, with_history_features
 from rankcraft.data.registry import find_data_dir, recipe
 from rankcraft.data.schema import FeatureSpec, Schema
 from rankcraft.errors import ConfigError, DataError
@@ -66,15 +66,7 @@ def ml1m_schema() -> Schema:
 
 
 def ml1m_seq_schema(max_len: int = 50) -> Schema:
-    feats = list(ml1m_schema().features) + [
-        FeatureSpec(name="genre1", type="categorical", source="item"),
-        FeatureSpec(name="hist_items", type="sequence", source="user", separator="^", max_len=max_len,
-                    share_vocab_with="item", timestamp_column="hist_ts"),
-        FeatureSpec(name="hist_genres", type="sequence", source="user", separator="^", max_len=max_len,
-                    share_vocab_with="genre1"),
-        FeatureSpec(name="hist_ratings", type="sequence", source="user", separator="^", max_len=max_len),
-    ]
-    return Schema(labels=["label"], features=feats, user_column="user")
+    return with_history_features(ml1m_schema(), max_len)
 
 
 def _check_fractions(fractions) -> tuple[float, float, float]:

@@ -155,8 +155,9 @@ def ml100k_source(data_dir: str | None = None) -> DataSource:
                       inputs=[str(d / f) for f in ("u.data", "u.user", "u.item")], version="1")
 
 
-def ml100k_seq_schema(max_len: int = 50) -> Schema:
-    base = ml100k_schema()
+def with_history_features(base: Schema, max_len: int) -> Schema:
+    """``base`` plus the columns :func:`add_histories` writes: the item's first genre and the user's earlier items
+    (with timestamps), their genres and ratings, as sequences of at most ``max_len``."""
     feats = list(base.features) + [
         FeatureSpec(name="genre1", type="categorical", source="item"),
         FeatureSpec(name="hist_items", type="sequence", source="user", separator="^", max_len=max_len,
@@ -166,6 +167,10 @@ def ml100k_seq_schema(max_len: int = 50) -> Schema:
         FeatureSpec(name="hist_ratings", type="sequence", source="user", separator="^", max_len=max_len),
     ]
     return Schema(labels=["label"], features=feats, user_column="user")
+
+
+def ml100k_seq_schema(max_len: int = 50) -> Schema:
+    return with_history_features(ml100k_schema(), max_len)
 
 
 def add_histories(table: pa.Table, ts: np.ndarray, max_len: int) -> pa.Table:

@@ -6,11 +6,13 @@ loss (e.g. a mixture-of-experts load-balancing term). ``R`` is the optional regu
 whole tables every step):
 ``R = (λ_emb / 2) Σ_{embedding tables} ||W||²  +  (λ_net / 2) Σ_{other weights} ||W||²``.
 
-Checkpoints: ``last.pt`` (everything needed to continue: model, optimiser(s), scheduler, epoch, step within the
-epoch, early-stopping state, RNG state) is written atomically every ``checkpoint_every`` steps and
-``checkpoint_seconds`` seconds and at each epoch end; ``best.pt`` holds the weights of the best validation epoch.
-Because the epoch's row order is a pure function of ``(seed, epoch)``, a run resumed from ``last.pt`` replays
-exactly the batches it had not finished.
+The loops (:mod:`rankcraft.training.loops`: epochs, time partitions, fixed step counts) decide what to train on
+and when to evaluate; the trainer gives them one training pass (:meth:`Trainer.train_pass`), evaluation and the
+run-directory files. Checkpoints: ``last.pt`` (model, optimiser(s), scheduler, the
+:class:`~rankcraft.training.state.TrainState` with its cursor, RNG states) is written atomically every
+``checkpoint_every`` steps and ``checkpoint_seconds`` seconds and at each epoch or partition end; ``best.pt`` holds
+the weights to use (the best validation epoch, or a stream's final weights). Because every pass's row order is a
+pure function of ``(seed, order)``, a run resumed from ``last.pt`` replays exactly the batches it had not finished.
 """
 
 from __future__ import annotations
@@ -401,7 +403,6 @@ class Trainer:
     def fit(self, train: ColumnData, valid: ColumnData, *, resume: bool = False) -> FitResult:
         """Epoch training: until ``epochs``, early stopping or ``max_steps``; resume from ``last.pt`` with
         ``resume`` (see :class:`~rankcraft.training.loops.EpochLoop`)."""
-
         return self.run(EpochLoop(train, valid), resume=resume)
 
     def run(self, loop, *, resume: bool = False) -> FitResult:

@@ -90,7 +90,9 @@ from rankcraft.data.readers import (
     RawTable,
     available_columns,
     check_data_file,
+    check_unique_names,
     compression_of,
+    csv_string_options,
     data_suffix,
     file_digest,
     open_text,
@@ -466,9 +468,7 @@ def _read_chunks(path: str, schema: Schema, *, batch_rows: int = DEFAULT_BATCH_R
         return
     delimiter = "\t" if data_suffix(path) == ".tsv" and schema.delimiter == "," else schema.delimiter
     header_lines = 0 if schema.column_names is not None else 1
-    dup = sorted({c for c in names if names.count(c) > 1})
-    if dup:
-        raise DataError(f"duplicate column names in header: {dup}", path=path, line=1)
+    check_unique_names(names, path)
     ragged: list[int] = []
 
     def on_invalid(row) -> str:
@@ -477,17 +477,13 @@ def _read_chunks(path: str, schema: Schema, *, batch_rows: int = DEFAULT_BATCH_R
 
     codec = compression_of(path)
     source = pa.input_stream(path, compression=codec) if codec else path
-    read_opts = pacsv.ReadOptions(column_names=names, skip_rows=header_lines, block_size=CSV_BLOCK_BYTES)
-    parse_opts = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
-    convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in names}, include_columns=columns,
-                                        strings_can_be_null=False, quoted_strings_can_be_null=False)
+    opts = csv_string_options(names, columns, delimiter, header_lines, on_invalid, block_size=CSV_BLOCK_BYTES)
     lines = _LineIndex(path, delimiter, header_lines, len(names))
     first = 0
     n_ragged = 0
     try:
         try:
-            reader = pacsv.open_csv(source, read_options=read_opts, parse_options=parse_opts,
-                                    convert_options=convert_opts)
+            reader = pacsv.open_csv(source, **opts)
             batches = iter(reader)
             while True:
                 try:

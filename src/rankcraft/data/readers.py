@@ -212,6 +212,24 @@ def _find_ragged(path: str, delimiter: str, header_lines: int, n_cols: int) -> l
     return bad
 
 
+def check_unique_names(names: list[str], path: str) -> None:
+    """A header naming a column twice is a DataError (line 1)."""
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DataError(f"duplicate column names in header: {dup}", path=path, line=1)
+
+
+def csv_string_options(names: list[str], columns: list[str], delimiter: str, header_lines: int, on_invalid,
+                       *, block_size: int) -> dict:
+    """pyarrow CSV options that read ``columns`` (of a file whose fields are ``names``) as non-null strings;
+    ragged rows go to ``on_invalid``. Keyword arguments for ``pacsv.read_csv`` / ``pacsv.open_csv``."""
+    return {"read_options": pacsv.ReadOptions(column_names=names, skip_rows=header_lines, block_size=block_size),
+            "parse_options": pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+            "convert_options": pacsv.ConvertOptions(column_types={c: pa.string() for c in names},
+                                                    include_columns=columns, strings_can_be_null=False,
+                                                    quoted_strings_can_be_null=False)}
+
+
 def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",",
              column_names: list[str] | None = None, on_error: str = "raise") -> RawTable:
     """Read ``columns`` of a delimited text file as strings.
@@ -240,24 +258,17 @@ def read_csv(path: str | os.PathLike, columns: list[str], *, delimiter: str = ",
         hint = _delimiter_hint(names, delimiter) if header_lines else ""
         raise DataError(f"missing column(s) {missing}; the file has columns {names}{hint}", path=path,
                         line=1 if header_lines else None, column=missing[0])
-    dup = sorted({c for c in names if names.count(c) > 1})
-    if dup:
-        raise DataError(f"duplicate column names in header: {dup}", path=path, line=1)
-
+    check_unique_names(names, path)
     ragged: list[str] = []
 
     def on_invalid(row) -> str:
         ragged.append(row.text)
         return "skip"
 
-    read_opts = pacsv.ReadOptions(column_names=names, skip_rows=header_lines, block_size=1 << 24)
-    parse_opts = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
-    convert_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in names}, include_columns=columns,
-                                        strings_can_be_null=False, quoted_strings_can_be_null=False)
+    opts = csv_string_options(names, columns, delimiter, header_lines, on_invalid, block_size=1 << 24)
     source = pa.input_stream(path, compression=codec) if codec else path
     try:
-        table = pacsv.read_csv(source, read_options=read_opts, parse_options=parse_opts,
-                               convert_options=convert_opts)
+        table = pacsv.read_csv(source, **opts)
     except pa.ArrowInvalid as exc:  # e.g. invalid UTF-8, unterminated quote
         raise DataError(f"cannot parse file: {exc}", path=path) from None
     except OSError as exc:  # e.g. a truncated or corrupt compressed stream

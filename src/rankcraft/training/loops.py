@@ -123,25 +123,15 @@ class EpochLoop:
 
 
 # ------------------------------------------------------------------------------------------------- steps
-class StepLoop:
+class StepLoop(EpochLoop):
     """A fixed number of steps over one training split, epoch after epoch, without validation (supernet training in
-    one-shot and DNAS search). Row order of epoch ``e``: permutation ``(seed, e)``, as in :class:`EpochLoop`. The
-    trainer's ``stop_when`` (a time budget) may end it sooner; either way the phase is then marked finished in
-    ``last.pt`` (cursor ``done``), so a resumed search moves on instead of training again."""
+    one-shot and DNAS search). Row order of epoch ``e``: permutation ``(seed, e)``, as in :class:`EpochLoop`, whose
+    cursor, resume check and description it shares. The trainer's ``stop_when`` (a time budget) may end it sooner;
+    either way the phase is then marked finished in ``last.pt`` (cursor ``done``), so a resumed search moves on
+    instead of training again."""
 
     def __init__(self, train: ColumnData, steps: int):
         self.train, self.steps = train, steps
-
-    def initial_state(self) -> TrainState:
-        return TrainState(cursor={"epoch": 0, "step": 0})
-
-    def check_resumable(self, state: TrainState) -> None:
-        if "epoch" not in state.cursor:
-            raise CheckpointError("last.pt was written by stream training; it cannot be resumed as step training")
-
-    @staticmethod
-    def describe(cursor: dict) -> str:
-        return f"epoch {cursor['epoch'] + 1}, step {cursor['step']}"
 
     def run(self, trainer, state: TrainState, stop) -> FitResult:
         trainer.model.train()

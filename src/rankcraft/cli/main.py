@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from rankcraft.errors import ConfigError, RankcraftError
+from rankcraft.search.registry import strategies, strategy_names
 
 DEMO_MODELS = ["lr", "fm", "dnn", "deepfm", "dcnv2", "finalmlp"]
 #: commands that leave a resumable directory: SIGTERM stops them like Ctrl-C
@@ -600,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(sr)
     sr.add_argument("--config", help="YAML search config (see docs/search.md); flags override it")
     sr.add_argument("--space", help="search space preset: small, full (or tiny for smoke tests)")
-    sr.add_argument("--strategy", choices=["random", "evolution", "oneshot", "dnas"])
+    sr.add_argument("--strategy", choices=strategy_names(),
+                    help="; ".join(f"{n}: {s.help}" for n, s in strategies().items()))
     sr.add_argument("--budget", help="trials (e.g. 50) or time (30m, 1.5h)")
     sr.add_argument("--fidelity-steps", type=int, help="training steps per standalone candidate (default 300)")
     sr.add_argument("--workers", type=int, help="candidates trained in parallel through Ray (default 1)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from rankcraft.data.catalog import get_source, schema_source
@@ -51,6 +53,10 @@ class DataSpec(BaseModel):
     partitions: PartitionSpec | None = None
     #: read the training file out of core (bounded memory; file-based data only); absent: in memory
     out_of_core: OutOfCoreSpec | None = None
+    #: train on a fixed random subsample of this many training rows (drawn with ``seed``; the encoders are still
+    #: fitted on the whole training split, so vocabularies do not change with the subsample): the partial-data
+    #: low fidelity of searches and tabular benchmarks. Absent: every training row.
+    train_rows: int | None = Field(default=None, ge=1)
 
     def with_absolute_paths(self) -> "DataSpec":
         """The same spec with every file/directory path absolute (a run directory's ``config.json`` stores
@@ -93,9 +99,25 @@ def prepare_spec(spec: DataSpec | dict, cache_dir: str | Path | None = None) -> 
                           "command needs ordinary train/valid splits — remove 'partitions'")
     if spec.out_of_core is not None:
         o = spec.out_of_core
+        if spec.train_rows is not None:
+            raise ConfigError("data.train_rows: a training subsample is for in-memory data; remove 'out_of_core' "
+                              "or 'train_rows'")
         return prepare_out_of_core(spec.source(), cache_dir, fit_rows=o.fit_rows, rows_per_shard=o.rows_per_shard,
                                    buffer_shards=o.buffer_shards)
-    return prepare(spec.source(), cache_dir=cache_dir)
+    data = prepare(spec.source(), cache_dir=cache_dir)
+    return data if spec.train_rows is None else subsample_train(data, spec.train_rows, spec.seed)
+
+
+def subsample_train(data: PreparedData, rows: int, seed: int) -> PreparedData:
+    """``data`` with its training split replaced by ``rows`` rows drawn without replacement (a permutation seeded
+    by ``seed``; kept in their original order). More rows than the split holds is an error naming both."""
+    train = data.splits["train"]
+    if rows > len(train):
+        raise ConfigError(f"data.train_rows {rows:,} is more than the {len(train):,} training rows of "
+                          f"'{data.name}'")
+    g = torch.Generator().manual_seed(int(seed))
+    index = torch.sort(torch.randperm(len(train), generator=g)[:rows]).values
+    return dataclasses.replace(data, splits={**data.splits, "train": train.subset(index)})
 
 
 def prepare_stream_spec(spec: DataSpec | dict, cache_dir: str | Path | None = None, *,

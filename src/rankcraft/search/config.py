@@ -1,19 +1,28 @@
-"""Search configuration: the typed ``search.yaml`` (strategy, space, budget, fidelity, objective, zoo references)."""
+"""Search configuration: the typed ``search.yaml`` (strategy, space, budget, fidelity, objective, zoo references).
+
+The strategy's own options are a section named after it (``evolution:``, ``oneshot:``, ``dnas:``, ``predictor_rl:``,
+…), validated against the options model the strategy registered (:mod:`rankcraft.search.registry`)."""
 
 from __future__ import annotations
 
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from rankcraft.data.schema import format_validation_error
 from rankcraft.data.spec import DataSpec
 from rankcraft.errors import ConfigError
+from rankcraft.search.registry import strategies
 from rankcraft.search.space import SpaceConfig
 from rankcraft.training.trainer import TrainConfig
-
-Strategy = Literal["random", "evolution", "oneshot", "dnas"]
 
 
 class _Strict(BaseModel):
@@ -91,10 +100,21 @@ def parse_budget(text: str | float | None) -> Budget:
     return Budget(minutes=value * {"m": 1, "min": 1, "h": 60, "s": 1 / 60}[unit])
 
 
-class SearchConfig(_Strict):
+class TableExecutorConfig(_Strict):
+    """Run the search against a tabular benchmark (:mod:`rankcraft.search.tabular`) instead of training:
+    candidates are looked up at ``fidelity`` and proposals are restricted to the table's architectures."""
+
+    path: str
+    fidelity: str = "low"
+
+
+class SearchConfig(BaseModel):
+    # extra keys are strategy sections, validated against the registry (see _sections)
+    model_config = ConfigDict(extra="allow")
+
     data: dict = Field(default_factory=lambda: {"recipe": "synthetic"})
     space: str | SpaceConfig = "small"
-    strategy: Strategy = "random"
+    strategy: str = "random"
     budget: Budget = Field(default_factory=lambda: Budget(trials=20))
     #: quality objective, minimised: validation logloss, NE, or "auc" (then 1 − AUC is minimised)
     objective: Literal["logloss", "ne", "auc"] = "logloss"
@@ -109,17 +129,57 @@ class SearchConfig(_Strict):
     workers: int = Field(default=1, ge=1)
     threads_per_task: int | None = Field(default=None, ge=1)
     ray_address: str | None = None
+    #: evaluate candidates by lookup in a tabular benchmark instead of training them
+    table: TableExecutorConfig | None = None
+    #: proposal pool of the strategies that choose among sampled architectures (predictor_rl, tpe): this many
+    #: uniform samples of the space within the FLOPs cap (a table's own architectures when ``table`` is set)
+    pool_size: int = Field(default=5000, ge=10)
     #: zoo models trained at the same fidelity as references on the front: a name (hyperparameters from the
     #: dataset's benchmark presets when it has them, else the defaults) or {model, params}
     zoo: list[str | ZooRef] = Field(default_factory=lambda: ["dnn", "deepfm", "dcnv2"])
-    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     #: optional: the top candidates re-trained with more seeds after the search (outside the budget)
     confirm: ConfirmConfig | None = None
-    oneshot: OneShotConfig = Field(default_factory=OneShotConfig)
-    dnas: DnasConfig = Field(default_factory=DnasConfig)
+
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sections_of_strategies(self) -> SearchConfig:
+        known = strategies()
+        if self.strategy not in known:
+            raise ValueError(f"strategy: unknown search strategy '{self.strategy}'; choose from {', '.join(known)}")
+        for key, value in (self.model_extra or {}).items():
+            if key not in known:
+                raise ValueError(f"unknown key '{key}' (a strategy section must be named after a strategy: "
+                                 f"{', '.join(known)})")
+            try:
+                self._sections[key] = known[key].options.model_validate(value if value is not None else {})
+            except ValidationError as exc:
+                raise ValueError(f"section '{key}': {format_validation_error(exc, value)}") from None
+        return self
+
+    def options(self, strategy: str | None = None) -> BaseModel:
+        """The typed options of ``strategy`` (default: the search's), its defaults when the section is absent."""
+        name = strategy or self.strategy
+        return self._sections.get(name) or strategies()[name].options()
+
+    def sections(self) -> list[str]:
+        """The strategy sections the config gives."""
+        return list(self._sections)
 
     @classmethod
     def parse(cls, obj: dict, origin: str = "search config") -> SearchConfig:
+        if isinstance(obj, dict):
+            known = strategies()
+            fields = set(cls.model_fields)
+            for key, value in obj.items():
+                if key in fields or key not in known:
+                    continue
+                try:
+                    known[key].options.model_validate(value if value is not None else {})
+                except ValidationError as exc:
+                    lines = format_validation_error(exc, value).splitlines()
+                    lines = [f"  {key}.{ln.strip()}" for ln in lines]
+                    raise ConfigError(f"{origin}: invalid search config:\n" + "\n".join(lines)) from None
         try:
             cfg = cls.model_validate(obj)
         except ValidationError as exc:
@@ -135,4 +195,9 @@ class SearchConfig(_Strict):
         return cfg
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        """The JSON form, with every given section and the running strategy's options at their validated values
+        (a resumed search continues with these, even if a default changes later)."""
+        out = self.model_dump(mode="json")
+        for name in {*self._sections, self.strategy}:
+            out[name] = self.options(name).model_dump(mode="json")
+        return out

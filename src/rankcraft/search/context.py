@@ -8,20 +8,17 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
 from rankcraft.errors import ConfigError, RankcraftError
-from rankcraft.models.arch.format import Arch
-from rankcraft.search.space import get_space
-
-Strategy = Literal["random", "evolution", "oneshot", "dnas"]
-
-
 from rankcraft.models.arch.cost import arch_flops
+from rankcraft.models.arch.format import Arch
 from rankcraft.models.arch.zoo import zoo_arch
 from rankcraft.parallel import is_failure
 from rankcraft.search.config import SearchConfig, ZooRef
+from rankcraft.search.encoding import decisions, hamming
 from rankcraft.search.evaluate import evaluate_task
+from rankcraft.search.space import get_space
+from rankcraft.search.tabular import sample_pool
 from rankcraft.training.presets import dataset_presets, load_presets
 from rankcraft.training.trainer import TrainConfig
 
@@ -44,6 +41,10 @@ class SearchContext:
         self.space = get_space(cfg.space, raw_dense=bool(data.features.numeric))
         self.t_start = time.monotonic()
         self.elapsed_before = float(store.get_meta("elapsed_seconds", 0.0))
+        #: the architectures of a tabular benchmark when the executor is one (proposals stay among them)
+        self.table_pool: list[Arch] | None = getattr(executor, "pool", None)
+        self._pool: list[Arch] | None = None
+        self._pool_decisions: list[dict] | None = None
 
     # -- budget ----------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -95,8 +96,42 @@ class SearchContext:
             return False
         return self.cfg.max_flops is None or f <= self.cfg.max_flops
 
+    def pool(self) -> list[Arch]:
+        """The candidates of the pool-based strategies: a table's architectures within the FLOPs cap, or
+        ``pool_size`` distinct uniform samples of the space within the cap (seeded by the search seed)."""
+        if self._pool is None:
+            if self.table_pool is not None:
+                self._pool = [a for a in self.table_pool if self.within_cap(a)]
+                if not self._pool:
+                    raise ConfigError(f"max_flops {self.cfg.max_flops:,.0f}: no architecture of the table is within "
+                                      "the cap")
+            else:
+                self._pool = sample_pool(self.space, self.cfg.pool_size, self.cfg.seed, accept=self.within_cap)
+        return self._pool
+
+    def pool_decisions(self) -> list[dict]:
+        if self._pool_decisions is None:
+            self._pool_decisions = [decisions(a) for a in self.pool()]
+        return self._pool_decisions
+
+    def nearest_in_pool(self, arch: Arch, rng, exclude: Arch | None = None) -> Arch:
+        """The pool member with the fewest differing decisions from ``arch`` (ties broken by ``rng``), other than
+        ``exclude``: how a mutation is projected onto a table's architectures."""
+        target = decisions(arch)
+        skip = exclude.live_key() if exclude is not None else None
+        best, best_d = [], math.inf
+        for a, dec in zip(self.pool(), self.pool_decisions()):
+            d = hamming(target, dec)
+            if d < best_d and (skip is None or a.live_key() != skip):
+                best, best_d = [a], d
+            elif d == best_d and (skip is None or a.live_key() != skip):
+                best.append(a)
+        return rng.choice(best)
+
     def sample(self, rng) -> Arch:
-        """A space sample within the FLOPs cap (up to 1000 draws)."""
+        """A space sample within the FLOPs cap (up to 1000 draws); on a table, a uniform pick of its pool."""
+        if self.table_pool is not None:
+            return rng.choice(self.pool())
         for _ in range(1000):
             a = self.space.sample(rng)
             if self.within_cap(a):
@@ -106,7 +141,10 @@ class SearchContext:
 
     def mutate(self, arch: Arch, rng) -> Arch:
         """A mutation of ``arch`` that changes what it computes (not only dead nodes) and stays within the FLOPs
-        cap (up to 100 tries, then a fresh sample)."""
+        cap (up to 100 tries, then a fresh sample). On a table, the mutation is projected onto the table's pool
+        (:meth:`nearest_in_pool`)."""
+        if self.table_pool is not None:
+            return self.nearest_in_pool(self.space.mutate(arch, rng), rng, exclude=arch)
         for _ in range(100):
             a = self.space.mutate(arch, rng)
             if a.live_key() != arch.live_key() and self.within_cap(a):
@@ -124,7 +162,7 @@ class SearchContext:
         if self._seeds is not None:
             return self._seeds
         out = []
-        for ref in self.resolve_refs(self.cfg.evolution.seeds):
+        for ref in self.resolve_refs(self.cfg.options("evolution").seeds):
             a = zoo_arch(ref.model, ref.params)
             if not self.within_cap(a):
                 self.note(f"evolution seed {ref.name}: {self.flops(a):,.0f} FLOPs/example is over max_flops "
@@ -251,7 +289,8 @@ class SearchContext:
         self._failures_in_a_row = 0
         self.store.complete(number, objective=self.objective(res["metrics"]), flops=res["flops"],
                             metrics=res["metrics"], params=res["params"], timings=res["timings"],
-                            extra={"best_epoch": res["best_epoch"], "steps": res["steps"]})
+                            extra={"best_epoch": res["best_epoch"], "steps": res["steps"],
+                                   "history": res.get("history", [])})
 
     def zoo_refs(self) -> list[ZooRef]:
         """The zoo references with their hyperparameters (benchmark presets of the recipe for bare names)."""

@@ -11,7 +11,8 @@ Task dict::
      "cache_dir": str | None}
 
 Result dict: ``{"metrics": {auc, logloss, ne, …}, "flops": FLOPs/example, "params": int, "timings": {…},
-"best_epoch": int, "steps": int}``.
+"best_epoch": int, "steps": int,
+"history": [{epoch, auc, logloss, ne, train_loss, loss_curve, steps}, …]}``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rankcraft.training.run import RunConfig
 from rankcraft.training.run import train as train_run
 
 _DATA_MEMO: dict[str, object] = {}
+_HISTORY_KEYS = ("epoch", "auc", "logloss", "ne", "train_loss", "loss_curve", "steps")
 
 
 def _prepared(data: dict, cache_dir: str | None):
@@ -49,6 +51,8 @@ def evaluate_task(task: dict) -> dict:
         "params": int(r["params"]),
         "best_epoch": int(r["best_epoch"]),
         "steps": int(r["steps"]),
+        # per epoch: validation metrics, mean training loss and its within-epoch curve (learning-curve labels)
+        "history": [{k: v for k, v in h.items() if k in _HISTORY_KEYS} for h in res.fit.history],
         "timings": {"train_seconds": float(r["train_seconds"]), "total_seconds": time.perf_counter() - t0,
                     "train_rows_per_s": float(r["train_rows_per_s"])},
     }

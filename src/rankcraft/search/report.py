@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
-
-Strategy = Literal["random", "evolution", "oneshot", "dnas"]
-
 
 import numpy as np
 

@@ -19,23 +19,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
+from rankcraft.data.spec import prepare_spec
 from rankcraft.errors import ConfigError
-
-Strategy = Literal["random", "evolution", "oneshot", "dnas"]
-
-
-from rankcraft.data.dataset import prepare
-from rankcraft.data.spec import DataSpec
 from rankcraft.files import atomic_write_json, read_json
 from rankcraft.models.catalog import model_class
 from rankcraft.parallel import make_executor
 from rankcraft.search.config import SearchConfig
 from rankcraft.search.context import SearchContext
+from rankcraft.search.registry import get_strategy
 from rankcraft.search.report import write_report
 from rankcraft.search.store import TrialStore
-from rankcraft.search.strategies import STRATEGIES
+from rankcraft.search.tabular import Table, TableExecutor
 
 RESUME_CHANGES = ("budget", "confirm")
 
@@ -68,6 +63,10 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
         raise ConfigError(f"{out}: no search to resume (config.json is missing)")
     for z in cfg.zoo:
         model_class(z if isinstance(z, str) else z.model)  # unknown zoo reference -> ConfigError
+    spec = get_strategy(cfg.strategy)
+    if cfg.table is not None and spec.trains_supernet:
+        raise ConfigError(f"strategy '{cfg.strategy}' trains weight-sharing supernets; a tabular benchmark holds "
+                          "standalone results only (remove 'table' or choose another strategy)")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg_path, cfg.to_dict())
     store = TrialStore(storage or (out / "trials.db"), study="search")
@@ -75,22 +74,28 @@ def run_search(cfg: SearchConfig | dict, out: str | Path, *, resume: bool = Fals
     if interrupted and progress:
         print(f"resuming: {interrupted} interrupted trial(s) will be re-run")
 
-    data = prepare(DataSpec.model_validate(cfg.data).source(), cache_dir=cache_dir)
+    data = prepare_spec(cfg.data, cache_dir)
     # default: the machine's cores shared by the workers (a sequential search uses all of them)
     threads = cfg.threads_per_task or max(1, (os.cpu_count() or 1) // cfg.workers)
-    with make_executor(cfg.workers, ray_address=cfg.ray_address, threads_per_task=threads) as executor:
+    if cfg.table is not None:
+        executor = TableExecutor(Table.load(cfg.table.path), cfg.table.fidelity)
+    else:
+        executor = make_executor(cfg.workers, ray_address=cfg.ray_address, threads_per_task=threads)
+    with executor:
         ctx = SearchContext(cfg, out, store, executor, data, cache_dir=cache_dir, progress=progress)
-        if cfg.strategy == "evolution":
-            ctx.seed_archs()  # unsupported seeds fail here, before any training
-        elif cfg.evolution.seeds:
+        if cfg.strategy != "evolution" and "evolution" in cfg.sections() and cfg.options("evolution").seeds:
             ctx.note(f"evolution.seeds are used by the evolution strategy only, not by {cfg.strategy}")
-        if cfg.strategy == "dnas" and cfg.max_flops is not None:
-            ctx.note("dnas controls cost through dnas.lambdas; max_flops does not constrain its derived "
-                     "architectures")
-        if cfg.zoo:
+        if spec.prepare is not None:
+            spec.prepare(ctx)
+        if cfg.zoo and cfg.table is not None:
+            ctx.note("zoo references are not trained on a tabular benchmark (it holds architectures only)")
+        elif cfg.zoo:
             ctx.evaluate_zoo()
-        STRATEGIES[cfg.strategy](ctx)
+        spec.run(ctx)
         ctx.save_elapsed()
         if cfg.confirm is not None:
-            ctx.confirm()
+            if cfg.table is not None:
+                ctx.note("confirm: a tabular benchmark has one seed per architecture; confirmation skipped")
+            else:
+                ctx.confirm()
     return write_report(ctx)

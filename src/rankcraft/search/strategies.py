@@ -30,8 +30,10 @@ from tqdm.auto import tqdm
 from rankcraft.models.arch.cost import arch_flops
 from rankcraft.models.arch.format import Arch
 from rankcraft.models.output import DEFAULT_HEAD, ModelOutput
+from rankcraft.search.config import DnasConfig, EvolutionConfig, OneShotConfig
 from rankcraft.search.context import arch_key
 from rankcraft.search.dnas import DnasSupernet
+from rankcraft.search.registry import register_strategy
 from rankcraft.search.supernet import Supernet
 from rankcraft.training.loops import StepLoop
 from rankcraft.training.metrics import auc, entropy
@@ -43,6 +45,7 @@ def _rng(ctx, *tag) -> random.Random:
 
 
 # --------------------------------------------------------------------------------------------- random / evolution
+@register_strategy("random", help="uniform samples of the space, each trained standalone")
 def run_random(ctx) -> None:
     rnd = 0
     while ctx.budget_left():
@@ -86,8 +89,14 @@ def aging_evolution(ctx, score_fn, *, population: int, sample: int, limit, tag: 
         rnd += 1
 
 
+def _check_seeds(ctx) -> None:
+    ctx.seed_archs()  # unsupported seeds fail here, before any training
+
+
+@register_strategy("evolution", help="regularized (aging) evolution, optionally seeded with zoo designs",
+                   options=EvolutionConfig, prepare=_check_seeds)
 def run_evolution(ctx) -> None:
-    e = ctx.cfg.evolution
+    e = ctx.cfg.options("evolution")
     aging_evolution(ctx, ctx.evaluate, population=e.population, sample=e.sample, limit=ctx.budget_left,
                     tag="evo", seeds=ctx.seed_archs())
 
@@ -124,7 +133,7 @@ def _ne(logloss: float, batches: list[dict]) -> float:
     return logloss / entropy(float(torch.cat([b["label"] for b in batches]).double().mean()))
 
 
-class _PathSampled(nn.Module):
+class PathSampled(nn.Module):
     """The supernet with the path of the current step: ``forward(batch) = net(batch, arch)`` (``arch`` is set
     before every step by the one-shot strategy)."""
 
@@ -150,7 +159,7 @@ class _CostPenalised(nn.Module):
         return ModelOutput({DEFAULT_HEAD: logits}, aux_loss=self.lam * cost)
 
 
-def _train_supernet(ctx, model: nn.Module, *, name: str, steps: int, lr: float, batch_size: int, every: int,
+def train_supernet(ctx, model: nn.Module, *, name: str, steps: int, lr: float, batch_size: int, every: int,
                     time_share: float, before_step=None, separate: list[SeparateOptimizer] = ()) -> None:
     """Train a supernet for ``steps`` Adam steps (gradient norm clipped to 10) through the shared
     :class:`~rankcraft.training.trainer.Trainer` and :class:`~rankcraft.training.loops.StepLoop`, resumable from
@@ -177,13 +186,15 @@ def _train_supernet(ctx, model: nn.Module, *, name: str, steps: int, lr: float, 
     ctx.save_elapsed()
 
 
+@register_strategy("oneshot", help="weight-sharing supernet, candidates scored with inherited weights, top-k "
+                   "retrained", options=OneShotConfig, trains_supernet=True)
 def run_oneshot(ctx) -> None:
-    cfg = ctx.cfg.oneshot
+    cfg = ctx.cfg.options("oneshot")
     bs = cfg.batch_size or int(ctx.cfg.train.get("batch_size", 4096))
     torch.manual_seed(ctx.cfg.seed)
     net = Supernet(ctx.data.features, ctx.space, ctx.cfg.embedding_dim)
 
-    model = _PathSampled(net)
+    model = PathSampled(net)
 
     def pick_path(step: int) -> None:
         """Largest-path warm-up: the largest path with probability 1 - step / (warmup · steps), else a sample."""
@@ -191,7 +202,7 @@ def run_oneshot(ctx) -> None:
         p_largest = max(0.0, 1.0 - step / (cfg.warmup * cfg.steps)) if cfg.warmup > 0 else 0.0
         model.arch = ctx.space.largest(rng) if rng.random() < p_largest else ctx.space.sample(rng)
 
-    _train_supernet(ctx, model, name="supernet", steps=cfg.steps, lr=cfg.lr, batch_size=bs,
+    train_supernet(ctx, model, name="supernet", steps=cfg.steps, lr=cfg.lr, batch_size=bs,
                     every=cfg.checkpoint_every, time_share=0.5, before_step=pick_path)
     net.eval()
     net.use_batch_stats(ctx.space.config.norm == "batch")
@@ -232,8 +243,15 @@ def run_oneshot(ctx) -> None:
                              for r, t in enumerate(ranked[: cfg.top_k])], count=False)
 
 
+def _note_dnas_cap(ctx) -> None:
+    if ctx.cfg.max_flops is not None:
+        ctx.note("dnas controls cost through dnas.lambdas; max_flops does not constrain its derived architectures")
+
+
+@register_strategy("dnas", help="differentiable search with a FLOPs penalty per lambda, derived architectures "
+                   "retrained", options=DnasConfig, trains_supernet=True, prepare=_note_dnas_cap)
 def run_dnas(ctx) -> None:
-    cfg = ctx.cfg.dnas
+    cfg = ctx.cfg.options("dnas")
     bs = cfg.batch_size or int(ctx.cfg.train.get("batch_size", 4096))
     n = len(cfg.lambdas)
     for k, lam in enumerate(cfg.lambdas):
@@ -243,7 +261,7 @@ def run_dnas(ctx) -> None:
             torch.manual_seed(ctx.cfg.seed)
             net = DnasSupernet(ctx.data.features, ctx.space, ctx.cfg.embedding_dim, tau=cfg.tau)
             freeze = int(cfg.warmup * cfg.steps)  # α is trained from this step on
-            _train_supernet(ctx, _CostPenalised(net, lam), name=f"dnas-{lam!r}", steps=cfg.steps, lr=cfg.lr,
+            train_supernet(ctx, _CostPenalised(net, lam), name=f"dnas-{lam!r}", steps=cfg.steps, lr=cfg.lr,
                             batch_size=bs, every=cfg.checkpoint_every, time_share=0.8 * (k + 1) / n,
                             separate=[SeparateOptimizer(net.arch_parameters(), cfg.alpha_lr, freeze)])
             derived = {"arch": net.derive().to_dict(), "expected_flops": net.expected_flops()}
@@ -251,5 +269,3 @@ def run_dnas(ctx) -> None:
         ctx.evaluate([Arch.model_validate(derived["arch"])],
                      extra=[{"lambda": lam, "expected_flops": derived["expected_flops"]}], count=False)
 
-
-STRATEGIES = {"random": run_random, "evolution": run_evolution, "oneshot": run_oneshot, "dnas": run_dnas}

@@ -43,6 +43,19 @@ class FitResult:
     extra: dict = field(default_factory=dict)
 
 
+#: points of an epoch's training-loss curve kept in its history entry
+LOSS_CURVE_POINTS = 8
+
+
+def loss_curve(losses: list[float], points: int = LOSS_CURVE_POINTS) -> list[float]:
+    """The epoch's step losses as ``points`` (or fewer, with fewer steps) means over consecutive, equally sized
+    runs of steps: the learning curve a low-fidelity evaluation extrapolates (a resumed epoch has only the steps
+    since the resume)."""
+    if not losses:
+        return []
+    return [float(np.mean(c)) for c in np.array_split(np.asarray(losses, dtype=float), min(points, len(losses)))]
+
+
 def _rows_per_s(state: TrainState) -> float:
     return state.rows / state.seconds if state.seconds > 0 else float("nan")
 
@@ -81,7 +94,7 @@ class EpochLoop:
             metrics = trainer.evaluate(self.valid)
             metrics.update(epoch=epoch + 1, train_loss=float(np.mean(state.losses)) if state.losses else float("nan"),
                            lr=trainer.optimizers[0].param_groups[0]["lr"], steps=state.steps,
-                           train_rows_per_s=_rows_per_s(state))
+                           train_rows_per_s=_rows_per_s(state), loss_curve=loss_curve(state.losses))
             state.history.append(metrics)
             value = metrics.get(monitor)
             if value is None:

@@ -45,7 +45,8 @@ def test_round_trip_of_every_field(store):
                               hparams={"lr": 1e-3, "batch_size": 4096}, fidelity={"epochs": 1, "max_steps": 300},
                               metrics={"auc": 0.78, "logloss": 0.4512, "ne": 0.93}, flops=12345.0, params=1_234_567,
                               timings={"train_seconds": 3.5}, error=None,
-                              extra={"parent": None, "gen": 0, "best_epoch": 0}, objective=0.4512)
+                              extra={"parent": None, "gen": 0, "best_epoch": 0}, objective=0.4512,
+                              values=[0.4512, 12345.0])
     # numpy values and tuples become plain JSON; returned records are copies, not the store's cache
     n1 = store.record("random-000001", arch={"w": np.int64(3), "t": (1, 2)}, objective=np.float32(0.5),
                       flops=np.float64(7.0), metrics={"logloss": np.float32(0.5)}, params=np.int64(10))

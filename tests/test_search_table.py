@@ -13,12 +13,22 @@ from rankcraft.parallel import SequentialExecutor
 from rankcraft.search.config import SearchConfig
 from rankcraft.search.encoding import DEAD, FeatureEncoder, decisions, hamming
 from rankcraft.search.evaluate import evaluate_task
-from rankcraft.search.predictor_rl import RankingPredictor, curve_label, reinforce_on_pool
+from rankcraft.search.predictor_rl import (
+    RankingPredictor,
+    curve_label,
+    reinforce_on_pool,
+)
 from rankcraft.search.registry import get_strategy, strategy_names
 from rankcraft.search.runner import run_search
 from rankcraft.search.space import PRESETS, SearchSpace, SpaceConfig
 from rankcraft.search.store import TrialStore
-from rankcraft.search.tabular import Table, TableExecutor, TableMissError, build_table, sample_pool
+from rankcraft.search.tabular import (
+    Table,
+    TableExecutor,
+    TableMissError,
+    build_table,
+    sample_pool,
+)
 
 DATA = {"recipe": "synthetic", "rows": 3000, "seed": 5}
 LOW = {"data": {**DATA, "train_rows": 1000}, "train": {"batch_size": 256, "lr": 3e-3, "epochs": 2,

@@ -28,7 +28,7 @@ from rankcraft.search.registry import strategies, strategy_names
 
 DEMO_MODELS = ["lr", "fm", "dnn", "deepfm", "dcnv2", "finalmlp"]
 #: commands that leave a resumable directory: SIGTERM stops them like Ctrl-C
-INTERRUPTIBLE_COMMANDS = {"train", "search", "bench"}
+INTERRUPTIBLE_COMMANDS = {"train", "search", "tune", "bench"}
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -622,6 +622,38 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--quiet", action="store_true", help="no progress bars")
     sr.set_defaults(func=cmd_search)
 
+    sr.add_argument("--table", help="run against a tabular benchmark (table.json.gz) instead of training")
+    sr.add_argument("--table-fidelity", help="the table's fidelity to look up (default low)")
+
+    tu = sub.add_parser("tune", help="hyperparameter tuning of a zoo model (Optuna: TPE, random, NSGA-II)",
+                        description="Tune a zoo model's parameters (--param) and training options (--opt) over typed "
+                        "ranges; writes a tune directory with the trial database, best.json (a run config) and a "
+                        "report. Resumable with --resume. Ranges: float:LOW:HIGH[:log], int:LOW:HIGH[:STEP], "
+                        "choice:A|B|C (YAML values, e.g. choice:[400,400]|[256,256]).")
+    _add_data_args(tu)
+    tu.add_argument("--config", help="YAML tune config (see docs/tuning.md); flags override it")
+    tu.add_argument("--model", help="zoo model to tune")
+    tu.add_argument("--param", action="append", metavar="NAME=RANGE", help="a model parameter range, repeatable")
+    tu.add_argument("--opt", action="append", metavar="NAME=RANGE", help="a training option range, repeatable")
+    tu.add_argument("--objective", action="append", choices=["auc", "logloss", "ne", "flops", "params"],
+                    help="objective, repeatable (first: the quality metric; default auc); two or more = "
+                    "multi-objective")
+    tu.add_argument("--sampler", choices=["tpe", "random", "nsga2"], help="default tpe")
+    tu.add_argument("--pruner", choices=["median", "none"], help="default median")
+    tu.add_argument("--no-preset", action="store_true", help="do not start from the dataset's benchmark preset")
+    tu.add_argument("--budget", help="trials (e.g. 50) or time (30m, 1.5h)")
+    tu.add_argument("--workers", type=int, help="trials trained in parallel through Ray (default 1)")
+    tu.add_argument("--threads-per-task", type=int, help="torch threads per trial")
+    tu.add_argument("--ray-address", help="existing Ray cluster (e.g. auto); default: local")
+    tu.add_argument("--storage", help="trial database URL (default: sqlite file OUT/trials.db)")
+    tu.add_argument("--seed", type=int)
+    tu.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any config value by dotted path, e.g. train.epochs=20, prune_startup=8")
+    tu.add_argument("--out", required=True, help="tune directory")
+    tu.add_argument("--resume", action="store_true", help="continue the tune in --out (--budget may extend it)")
+    tu.add_argument("--quiet", action="store_true", help="no progress output")
+    tu.set_defaults(func=cmd_tune)
+
     ar = sub.add_parser("arch", help="architecture JSON tools: show (validate, FLOPs, params), zoo, sample")
     ar_sub = ar.add_subparsers(dest="arch_command", metavar="ACTION")
     ash = ar_sub.add_parser("show", help="validate an architecture; with data, its FLOPs/example and parameters")
@@ -706,7 +738,7 @@ def cmd_search(args) -> int:
 
         read_json(Path(args.out) / "config.json", "search config")
         fixed = [f"--{k.replace('_', '-')}" for k in ("config", "space", "strategy", "objective", "max_flops",
-                                                        "seeds", "zoo", "fidelity_steps", "seed")
+                                                        "seeds", "zoo", "fidelity_steps", "seed", "table", "table_fidelity")
                  if getattr(args, k) is not None]
         if fixed or _data_spec(args) is not None:
             raise ConfigError(f"--resume continues the search saved in {args.out}; it takes --budget and "
@@ -742,6 +774,10 @@ def cmd_search(args) -> int:
         cfg["zoo"] = [z for z in args.zoo.split(",") if z.strip()]
     if args.seeds is not None:
         cfg.setdefault("evolution", {})["seeds"] = [z.strip() for z in args.seeds.split(",") if z.strip()]
+    if args.table is not None:
+        cfg["table"] = {"path": args.table, **({"fidelity": args.table_fidelity} if args.table_fidelity else {})}
+    elif args.table_fidelity is not None:
+        raise ConfigError("--table-fidelity needs --table")
     for path, value in _kv(args.set, "--set").items():
         _set_path(cfg, path, value)
     config = SearchConfig.parse(cfg, "command line")
@@ -759,6 +795,65 @@ def _set_path(cfg: dict, path: str, value) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {path}: '{part}' is not a section")
     node[parts[-1]] = value
+
+
+def cmd_tune(args) -> int:
+    from rankcraft.search.config import parse_budget
+    from rankcraft.search.tune import TuneConfig, parse_range, run_tune
+
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in ("config", "model", "param", "opt", "objective", "sampler",
+                                                        "pruner", "seed") if getattr(args, k)]
+        if given or _data_spec(args) is not None:
+            raise ConfigError(f"--resume continues the tune saved in {args.out}; it takes --budget only, not "
+                              f"{', '.join(given) or 'data options'}")
+        changes = {"budget": parse_budget(args.budget).model_dump(exclude_none=True)} if args.budget else None
+        report = run_tune({}, args.out, resume=True, storage=args.storage, cache_dir=args.cache_dir,
+                          progress=not args.quiet, changes=changes)
+        _print_tune(report, args.out)
+        return 0
+    from rankcraft.api import read_config_yaml
+
+    cfg: dict = read_config_yaml(args.config) if args.config else {}
+    data = _data_spec(args)
+    if data is not None:
+        cfg["data"] = data
+    elif args.data_dir:
+        cfg.setdefault("data", {})["data_dir"] = args.data_dir
+    for key in ("model", "sampler", "pruner", "workers", "threads_per_task", "ray_address", "seed"):
+        val = getattr(args, key)
+        if val is not None:
+            cfg[key] = val
+    if args.objective:
+        cfg["objectives"] = args.objective
+    if args.no_preset:
+        cfg["use_preset"] = False
+    if args.budget is not None:
+        cfg["budget"] = parse_budget(args.budget).model_dump(exclude_none=True)
+    for flag, section in (("param", "param_ranges"), ("opt", "train_ranges")):
+        for item in getattr(args, flag) or []:
+            if "=" not in item:
+                raise ConfigError(f"--{flag} '{item}': expected NAME=RANGE, e.g. dropout=float:0:0.5")
+            name, text = item.split("=", 1)
+            cfg.setdefault(section, {})[name.strip()] = parse_range(name.strip(), text, f"--{flag}").model_dump()
+    for path, value in _kv(args.set, "--set").items():
+        _set_path(cfg, path, value)
+    if "model" not in cfg:
+        raise ConfigError("tune: give --model (or model: in --config)")
+    report = run_tune(TuneConfig.parse(cfg, "command line"), args.out, storage=args.storage,
+                      cache_dir=args.cache_dir, progress=not args.quiet)
+    _print_tune(report, args.out)
+    return 0
+
+
+def _print_tune(report: dict, out: str) -> None:
+    print(f"tune of {report['model']}: {report['trials']} trial(s) (pruned {report['pruned']}, failed "
+          f"{report['failed']}) in {report['elapsed_minutes']:.1f} min")
+    if report["best"]:
+        b = report["best"]
+        print("best: trial {}: {}".format(b["number"], ", ".join(f"{k} {v:.5g}" for k, v in b["values"].items())))
+        print(f"  params {b['params']}, train {b['tuned_train']}")
+    print(f"tune directory: {out} (best.json, report.md)")
 
 
 def _print_search(report: dict, out: str) -> None:

@@ -29,13 +29,67 @@ from pathlib import Path
 import numpy as np
 
 
-def _as_points(points) -> np.ndarray:
+def _as_points(points, k: int | None = 2) -> np.ndarray:
     a = np.asarray(points, dtype=float)
     if a.size == 0:
-        return np.empty((0, 2))
-    if a.ndim != 2 or a.shape[1] != 2:
-        raise ValueError(f"points must be an [n, 2] array of (objective, cost) rows, got shape {a.shape}")
+        return np.empty((0, k or 2))
+    if a.ndim != 2 or (k is not None and a.shape[1] != k) or a.shape[1] < 1:
+        want = f"[n, {k}]" if k is not None else "[n, k]"
+        raise ValueError(f"points must be an {want} array of objective rows, got shape {a.shape}")
     return a
+
+
+def pareto_front_nd(points) -> np.ndarray:
+    """Indices of the non-dominated rows of ``points`` (``[n, k]``, every column minimised), in row order; of
+    exact duplicates only the first is kept; non-finite rows are ignored. ``O(n²k)``; two columns use the
+    ``O(n log n)`` sweep of :func:`pareto_front` (then sorted by column 1)."""
+    a = _as_points(points, None)
+    if a.shape[1] == 2:
+        return pareto_front(a)
+    idx = np.flatnonzero(np.isfinite(a).all(axis=1))
+    keep = []
+    for i in idx:
+        p = a[i]
+        le = (a[idx] <= p).all(axis=1)
+        lt = (a[idx] < p).any(axis=1)
+        dominated = (le & lt).any()
+        duplicate_before = ((a[idx] == p).all(axis=1) & (idx < i)).any()
+        if not dominated and not duplicate_before:
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def hypervolume_nd(points, ref) -> float:
+    """Volume dominated by ``points`` (``[n, k]``, all minimised) and bounded by ``ref`` (length ``k``), by
+    slicing along the last column and recursing (exact; ``O(n^(k-1) log n)``, meant for fronts of tens to
+    hundreds of points and a few objectives). Points not strictly better than ``ref`` in every column, and
+    non-finite rows, contribute nothing."""
+    a = _as_points(points, None)
+    r = np.asarray(ref, dtype=float).reshape(-1)
+    if a.shape[0] and r.size != a.shape[1]:
+        raise ValueError(f"the reference point has {r.size} coordinates for {a.shape[1]} objectives")
+    if not np.isfinite(r).all():
+        raise ValueError(f"the hypervolume reference point must be finite, got {tuple(ref)}")
+    a = a[np.isfinite(a).all(axis=1)]
+    a = a[(a < r).all(axis=1)]
+    return _hv(a, r)
+
+
+def _hv(a: np.ndarray, r: np.ndarray) -> float:
+    if a.shape[0] == 0:
+        return 0.0
+    if a.shape[1] == 1:
+        return float(r[0] - a[:, 0].min())
+    if a.shape[1] == 2:
+        return hypervolume_2d(a, r)
+    a = a[np.argsort(a[:, -1], kind="stable")]
+    total = 0.0
+    for i in range(a.shape[0]):
+        top = a[i + 1, -1] if i + 1 < a.shape[0] else r[-1]
+        depth = top - a[i, -1]
+        if depth > 0:
+            total += depth * _hv(a[: i + 1, :-1], r[:-1])
+    return float(total)
 
 
 def pareto_front(points) -> np.ndarray:
@@ -72,12 +126,12 @@ def hypervolume_2d(points, ref) -> float:
     return float(np.sum(widths * (r0 - f[:, 0])))
 
 
-def default_reference(points, margin: float = 0.1) -> tuple[float, float]:
+def default_reference(points, margin: float = 0.1) -> tuple[float, ...]:
     """``nadir + margin·range`` in each coordinate, over the finite rows of ``points``: ``nadir`` is the
     coordinate's maximum and ``range`` its maximum minus its minimum. Where the range is 0 (a single point, or
     all equal) ``margin·|nadir|`` is used instead, or ``margin`` when the nadir is 0, so that the reference is
     strictly worse than every point and each point has a positive contribution."""
-    a = _as_points(points)
+    a = _as_points(points, None)
     a = a[np.isfinite(a).all(axis=1)]
     if a.shape[0] == 0:
         raise ValueError("default_reference needs at least one finite point")
@@ -87,7 +141,7 @@ def default_reference(points, margin: float = 0.1) -> tuple[float, float]:
     span = hi - lo
     span = np.where(span > 0, span, np.where(hi != 0, np.abs(hi), 1.0))
     r = hi + margin * span
-    return float(r[0]), float(r[1])
+    return tuple(float(v) for v in r)
 
 
 def plot_front(points, *, path: str | Path, front: Sequence[int] | None = None,
@@ -164,4 +218,4 @@ def plot_front(points, *, path: str | Path, front: Sequence[int] | None = None,
     return path
 
 
-__all__ = ["default_reference", "hypervolume_2d", "pareto_front", "plot_front"]
+__all__ = ["default_reference", "hypervolume_2d", "hypervolume_nd", "pareto_front", "pareto_front_nd", "plot_front"]

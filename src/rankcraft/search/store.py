@@ -1,9 +1,13 @@
 """Persistent trial store of an architecture search, on Optuna's relational storage.
 
-Every evaluated candidate is one Optuna trial of a two-objective study (both minimised)::
+Every evaluated candidate is one Optuna trial of a study whose objectives are all minimised. A search's store
+has two::
 
     values[0]  the quality objective of the candidate (e.g. validation logloss)
     values[1]  its cost: FLOPs per example
+
+and a store opened with ``objectives=k`` (``rankcraft tune``: one quality objective, or several such as
+``1-auc``, FLOPs and latency) has ``k``, passed to :meth:`TrialStore.complete` as ``values``.
 
 and everything else about it is kept as JSON trial user attributes: ``key`` (the candidate key, e.g.
 ``"standalone-1f3a…"``), ``strategy``, ``arch``, ``hparams``, ``fidelity``, ``metrics``, ``params``, ``flops``,
@@ -72,6 +76,7 @@ class TrialRecord:
     error: str | None
     extra: dict = field(default_factory=dict)
     objective: float | None = None  # values[0] of a completed trial
+    values: list[float] | None = None  # all objective values of a completed trial
 
 
 _QUIETED = False
@@ -160,8 +165,14 @@ class TrialStore:
     directions is a :class:`ConfigError` naming the storage.
     """
 
-    def __init__(self, storage: str | Path, study: str = "search", *, create: bool = True):
+    def __init__(self, storage: str | Path, study: str = "search", *, create: bool = True, objectives: int = 2,
+                 sampler=None):
         optuna = _optuna()
+        if objectives < 1:
+            raise ConfigError("a trial store needs at least one objective")
+        directions = ["minimize"] * objectives
+        self.objectives = objectives
+        sampler = sampler if sampler is not None else optuna.samplers.RandomSampler(seed=0)
         self._url = storage_url(storage)
         self._name = study
         where = f"trial store '{redact(self._url)}'"
@@ -182,12 +193,10 @@ class TrialStore:
             raise ConfigError(f"{where}: cannot open the storage: {_reason(exc)}") from None
         try:
             if create:
-                self._study = optuna.create_study(storage=self._rdb, study_name=study, directions=list(DIRECTIONS),
-                                                  sampler=optuna.samplers.RandomSampler(seed=0),
-                                                  load_if_exists=True)
+                self._study = optuna.create_study(storage=self._rdb, study_name=study, directions=directions,
+                                                  sampler=sampler, load_if_exists=True)
             else:
-                self._study = optuna.load_study(storage=self._rdb, study_name=study,
-                                                sampler=optuna.samplers.RandomSampler(seed=0))
+                self._study = optuna.load_study(storage=self._rdb, study_name=study, sampler=sampler)
         except KeyError:
             self.close()
             names = sorted(s.study_name for s in self._rdb.get_all_studies())
@@ -196,10 +205,10 @@ class TrialStore:
             self.close()
             raise ConfigError(f"{where}: cannot open study '{study}': {_reason(exc)}") from None
         got = [d.name.lower() for d in self._study.directions]
-        if got != list(DIRECTIONS):
+        if got != directions:
             self.close()
-            raise ConfigError(f"{where}: study '{study}' has directions {got}, not {list(DIRECTIONS)}: "
-                              f"it was not created by a rankcraft search")
+            raise ConfigError(f"{where}: study '{study}' has directions {got}, not {directions}: it was not "
+                              f"created by a rankcraft search with {objectives} objective(s)")
         self._study_id = self._rdb.get_study_id_from_name(study)
 
     # -- plumbing ----------------------------------------------------------------------------------------------
@@ -268,15 +277,27 @@ class TrialStore:
                 "hparams": _plain(hparams or {}, "hparams"), "fidelity": _plain(fidelity or {}, "fidelity"),
                 "extra": _plain(extra or {}, "extra")}
 
-    @staticmethod
-    def _results(objective, flops, metrics, params, timings) -> tuple[dict, str | None]:
-        """Result attributes and, for a non-finite objective / FLOPs, the error that fails the trial."""
+    def _values(self, objective, flops, values) -> list:
+        """The trial's objective values: ``values`` as given, else ``(objective, flops)`` for a two-objective
+        store and ``(objective,)`` for a one-objective store."""
+        if values is None:
+            values = [objective, flops] if self.objectives == 2 else [objective]
+        values = list(values)
+        if len(values) != self.objectives:
+            raise ConfigError(f"{self._where}: a trial of study '{self._name}' has {self.objectives} objective "
+                              f"value(s), not {len(values)}")
+        return values
+
+    def _results(self, values, flops, metrics, params, timings) -> tuple[dict, str | None]:
+        """Result attributes and, for a non-finite objective value, the error that fails the trial."""
         res = {"metrics": _plain(metrics or {}, "metrics"), "params": None if params is None else int(params),
                "flops": _plain(flops, "flops"), "timings": _plain(timings or {}, "timings")}
-        if _finite(objective) is None:
-            return res, f"non-finite objective {objective!r} (diverged training?)"
-        if _finite(flops) is None:
-            return res, f"non-finite FLOPs/example {flops!r}"
+        for i, v in enumerate(values):
+            if _finite(v) is None:
+                if i == 1 and self.objectives == 2 and v is flops:
+                    return res, f"non-finite FLOPs/example {v!r}"
+                return res, (f"non-finite objective {v!r} (diverged training?)" if i == 0
+                             else f"non-finite objective value {i} {v!r}")
         return res, None
 
     # -- writing ---------------------------------------------------------------------------------------------
@@ -285,14 +306,37 @@ class TrialStore:
         """Create a RUNNING trial for candidate ``key`` (one transaction); returns its trial number."""
         return self._create(self._attrs(key, arch, hparams, fidelity, strategy, extra), values=None, error=None)
 
-    def complete(self, number: int, *, objective: float, flops: float, metrics: dict, params: int | None = None,
-                 timings: dict | None = None, extra: dict | None = None) -> None:
+    def ask(self, distributions: dict, *, strategy: str = "", key_prefix: str = "trial") -> tuple[int, dict]:
+        """A new RUNNING trial whose parameters the study's sampler draws from ``distributions`` (Optuna
+        distributions by name; the sampler sees every earlier trial of the study, also those of earlier
+        processes); returns ``(trial number, sampled parameters)``. Its key is ``<key_prefix>-<number>``; describe
+        the candidate with :meth:`describe`."""
+        with self._guard("asking for a trial"):
+            trial = self._study.ask(distributions)
+            attrs = self._attrs(f"{key_prefix}-{trial.number}", {}, None, None, strategy, None)
+            for name, value in attrs.items():
+                self._rdb.set_trial_user_attr(trial._trial_id, name, value)
+            return trial.number, dict(trial.params)
+
+    def describe(self, number: int, *, arch: dict | None = None, hparams: dict | None = None,
+                 fidelity: dict | None = None) -> None:
+        """Set the candidate description of RUNNING trial ``number`` (after :meth:`ask`)."""
+        with self._guard(f"describing trial {number}"):
+            tid, _ = self._running(number, "describe")
+            for name, value in (("arch", arch), ("hparams", hparams), ("fidelity", fidelity)):
+                if value is not None:
+                    self._rdb.set_trial_user_attr(tid, name, _plain(value, name))
+
+    def complete(self, number: int, *, objective: float | None = None, flops: float | None = None,
+                 metrics: dict, params: int | None = None, timings: dict | None = None, extra: dict | None = None,
+                 values: list[float] | None = None) -> None:
         """Store the results of RUNNING trial ``number`` and mark it COMPLETE with values
-        ``(objective, flops)``; a non-finite objective or FLOPs marks it FAIL instead (with the reason as
-        error). ``extra`` is merged into the trial's extra attributes."""
+        ``(objective, flops)`` (or ``values``, one per objective of the store); a non-finite value marks it FAIL
+        instead (with the reason as error). ``extra`` is merged into the trial's extra attributes."""
+        values = self._values(objective, flops, values)
         with self._guard(f"completing trial {number}"):
             tid, frozen = self._running(number, "complete")
-            res, error = self._results(objective, flops, metrics, params, timings)
+            res, error = self._results(values, flops, metrics, params, timings)
             if extra:
                 res["extra"] = {**frozen.user_attrs.get("extra", {}), **_plain(extra, "extra")}
             for name, value in res.items():  # results first: the state change below commits the trial
@@ -300,7 +344,7 @@ class TrialStore:
             if error is not None:
                 self._fail(number, tid, error)
             else:
-                self._study.tell(int(number), [float(objective), float(flops)])
+                self._study.tell(int(number), [float(v) for v in values])
 
     def fail(self, number: int, error: str) -> None:
         """Mark RUNNING trial ``number`` FAIL with ``error`` (e.g. a traceback)."""
@@ -315,14 +359,15 @@ class TrialStore:
         self._rdb.set_trial_user_attr(tid, "error", text)
         self._study.tell(int(number), state=optuna.trial.TrialState.FAIL)
 
-    def record(self, key: str, *, arch: dict, objective: float, flops: float, metrics: dict,
-               hparams: dict | None = None, fidelity: dict | None = None, strategy: str = "",
-               params: int | None = None, timings: dict | None = None, extra: dict | None = None) -> int:
+    def record(self, key: str, *, arch: dict, objective: float | None = None, flops: float | None = None,
+               metrics: dict, hparams: dict | None = None, fidelity: dict | None = None, strategy: str = "",
+               params: int | None = None, timings: dict | None = None, extra: dict | None = None,
+               values: list[float] | None = None) -> int:
         """:meth:`start` + :meth:`complete` in one transaction; returns the trial number."""
+        values = self._values(objective, flops, values)
         attrs = self._attrs(key, arch, hparams, fidelity, strategy, extra)
-        res, error = self._results(objective, flops, metrics, params, timings)
-        values = None if error else [float(objective), float(flops)]
-        return self._create({**attrs, **res}, values=values, error=error)
+        res, error = self._results(values, flops, metrics, params, timings)
+        return self._create({**attrs, **res}, values=None if error else [float(v) for v in values], error=error)
 
     def _create(self, attrs: dict, *, values: list[float] | None, error: str | None) -> int:
         optuna = _optuna()
@@ -407,14 +452,17 @@ def _to_record(t) -> TrialRecord:
     ua = copy.deepcopy(t.user_attrs)
     status = _status(t.state)
     values = t.values if status == "complete" else None
-    flops = values[1] if values else _finite(ua.get("flops"))
+    flops = _finite(ua.get("flops"))
+    if values and len(values) == 2 and flops is None:
+        flops = values[1]
     params = ua.get("params")
     return TrialRecord(number=t.number, key=ua.get("key", ""), status=status, strategy=ua.get("strategy", ""),
                        arch=ua.get("arch") or {}, hparams=ua.get("hparams") or {}, fidelity=ua.get("fidelity") or {},
                        metrics=ua.get("metrics") or {}, flops=None if flops is None else float(flops),
                        params=None if params is None else int(params), timings=ua.get("timings") or {},
                        error=ua.get("error"), extra=ua.get("extra") or {},
-                       objective=float(values[0]) if values else None)
+                       objective=float(values[0]) if values else None,
+                       values=[float(v) for v in values] if values else None)
 
 
 __all__ = ["TrialRecord", "TrialStore", "redact", "storage_url"]

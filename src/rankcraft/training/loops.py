@@ -85,6 +85,7 @@ class EpochLoop:
                                                    warn=None if c.quiet else tqdm.write)
         better = higher_is_better(monitor)
         stopped_early = state.bad_epochs >= c.early_stopping_patience
+        hook_epoch = None
         trainer.model.train()
         while state.cursor["epoch"] < c.epochs and not stopped_early:
             epoch = state.cursor["epoch"]
@@ -123,6 +124,9 @@ class EpochLoop:
                 tqdm.write(f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}  val {vals}  "
                            f"{metrics['train_rows_per_s']:,.0f} rows/s" + ("  *" if improved else ""))
             stopped_early = state.bad_epochs >= c.early_stopping_patience
+            if trainer.after_epoch is not None and trainer.after_epoch(epoch + 1, metrics):
+                stopped_early = True
+                hook_epoch = epoch + 1
             state.cursor = {"epoch": epoch + 1, "step": 0}
             state.losses = []
             trainer.save_last(state)
@@ -132,7 +136,8 @@ class EpochLoop:
         trainer.barrier()
         return FitResult(best_epoch=int(state.best.get("epoch", 0)), best_metrics=state.best,
                          history=state.history, train_rows_per_s=_rows_per_s(state), train_seconds=state.seconds,
-                         stopped_early=stopped_early, steps=state.steps)
+                         stopped_early=stopped_early, steps=state.steps,
+                         extra={"stopped_by_hook": hook_epoch} if hook_epoch else {})
 
 
 # ------------------------------------------------------------------------------------------------- steps

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,13 +136,17 @@ def read_run_config(run_dir: Path) -> RunConfig:
 
 
 def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bool = False,
-          cache_dir: str | Path | None = None, data: PreparedData | None = None, workers: int = 1) -> RunResult:
+          cache_dir: str | Path | None = None, data: PreparedData | None = None, workers: int = 1,
+          after_epoch: Callable[[int, dict], bool] | None = None) -> RunResult:
     """Train one model; with ``out`` everything is written to that run directory (resumable with ``resume``).
     The run directory is locked while the run writes to it: a second process using it fails at once, naming it.
 
     ``workers > 1`` trains with that many processes on this machine (data-parallel, see
     :mod:`rankcraft.training.distributed`); it needs ``out``. Inside an already initialised process group (a Ray
-    Train worker, ``torchrun``), call it with ``workers=1``: every process trains its shard, rank 0 writes."""
+    Train worker, ``torchrun``), call it with ``workers=1``: every process trains its shard, rank 0 writes.
+
+    ``after_epoch(epoch, valid_metrics) -> bool`` (one process only): True stops training after that epoch (see
+    :class:`~rankcraft.training.trainer.Trainer`)."""
     if isinstance(config, dict):
         config = RunConfig.parse(config)
     if workers < 1:
@@ -149,7 +154,7 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
     if out is None:
         if workers > 1:
             raise ConfigError("training with several workers needs a run directory (--out)")
-        return _train(config, None, resume=resume, cache_dir=cache_dir, data=data)
+        return _train(config, None, resume=resume, cache_dir=cache_dir, data=data, after_epoch=after_epoch)
     run_dir = Path(out)
     if resume and not (run_dir / "config.json").exists():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.json) — nothing to resume")
@@ -158,7 +163,7 @@ def train(config: RunConfig | dict, *, out: str | Path | None = None, resume: bo
         return _train(config, run_dir, resume=resume, cache_dir=cache_dir, data=data)
     with DirectoryLock(run_dir):
         if workers == 1:
-            return _train(config, run_dir, resume=resume, cache_dir=cache_dir, data=data)
+            return _train(config, run_dir, resume=resume, cache_dir=cache_dir, data=data, after_epoch=after_epoch)
         if resume:
             config = read_run_config(run_dir)
         else:
@@ -260,7 +265,7 @@ def _stream_start(stream: PreparedStream, warm: WarmStart | None) -> int:
 
 
 def _train(config: RunConfig, run_dir: Path | None, *, resume: bool, cache_dir: str | Path | None,
-           data: PreparedData | PreparedStream | None) -> RunResult:
+           data: PreparedData | PreparedStream | None, after_epoch=None) -> RunResult:
     rank, _ = process_group()
     writes = run_dir is not None and rank == 0
     if run_dir is not None:
@@ -294,7 +299,7 @@ def _train(config: RunConfig, run_dir: Path | None, *, resume: bool, cache_dir: 
         atomic_write_json(run_dir / "config.json", config.to_dict())
         atomic_write_text(run_dir / "encoders.json", data.encoders.to_json())
         atomic_write_json(run_dir / "features.json", data.features.to_dict())
-    trainer = Trainer(model, config.train, run_dir, objective=objective)
+    trainer = Trainer(model, config.train, run_dir, objective=objective, after_epoch=after_epoch)
     if stream:
         start = _stream_start(data, warm)
         loop = StreamLoop(data.partitions, passes=config.stream.passes, freeze_after=config.stream.freeze_after,

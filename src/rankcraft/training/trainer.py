@@ -123,11 +123,15 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, run_dir: str | Path | None = None,
                  on_step: Callable[[int], None] | None = None, objective: Objective | None = None, *,
                  before_step: Callable[[int], None] | None = None, stop_when: Callable[[], bool] | None = None,
-                 separate: list[SeparateOptimizer] = ()):
+                 separate: list[SeparateOptimizer] = (),
+                 after_epoch: Callable[[int, dict], bool] | None = None):
         """``on_step(steps_done)`` runs after every step, ``before_step(steps_done)`` before it (e.g. a supernet
         picks the path of that step), and ``stop_when()`` is asked before every step: True ends training there
-        (a time budget), like ``max_steps``. ``separate``: parameter sets with their own optimiser."""
+        (a time budget), like ``max_steps``. ``after_epoch(epoch, valid_metrics)`` is asked after every epoch's
+        validation: True stops training like early stopping (a tuner pruning a bad trial). ``separate``:
+        parameter sets with their own optimiser."""
         self.model = model
+        self.after_epoch = after_epoch
         self.before_step = before_step
         self.stop_when = stop_when
         self.separate = list(separate)

@@ -24,6 +24,7 @@ head rather than the paper's (quality, FLOPs) multi-task heads. Every random cho
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from typing import Literal
@@ -98,23 +99,39 @@ def _z(v: np.ndarray) -> np.ndarray:
 class RankingPredictor:
     """An ensemble of MLPs scoring feature vectors; higher score = worse (larger) objective.
 
-    ``fit(X [n, D], y [n])`` fits each member on all ordered pairs of its (bootstrap) sample with
-    ``MarginRankingLoss(margin)(s_i, s_j, sign(y_i − y_j))`` (``loss="pairwise"``) or on ``MSE(s, z(y))``;
-    full-batch Adam. ``predict(X)`` is the members' mean score."""
+    ``fit(X [n, D], y [n])`` fits each member on all ordered pairs of its (bootstrap) sample with the margin
+    ranking loss ``max(0, −sign(y_i − y_j)·(s_i − s_j) + margin)`` (``loss="pairwise"``) or on ``MSE(s, z(y))``;
+    full-batch Adam. The members are trained together as one batched network (weights ``[M, in, out]``), each
+    with its own initialisation (``nn.Linear``'s, seeded per member) and sample. ``predict(X)`` is the mean of
+    the members' z-scored scores."""
 
     def __init__(self, *, models: int = 10, hidden: list[int] = (50, 50), loss: str = "pairwise",
                  margin: float = 0.001, epochs: int = 300, lr: float = 0.01, bootstrap: bool = True, seed: int = 0):
         self.n_models, self.hidden, self.loss, self.margin = models, list(hidden), loss, margin
         self.epochs, self.lr, self.bootstrap, self.seed = epochs, lr, bootstrap, seed
-        self.members: list[nn.Module] = []
+        self.weights: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def _mlp(self, d: int) -> nn.Module:
-        layers, w = [], d
-        for h in self.hidden:
-            layers += [nn.Linear(w, h), nn.ReLU()]
-            w = h
-        layers.append(nn.Linear(w, 1))
-        return nn.Sequential(*layers)
+    def _init(self, d: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        widths = [d, *self.hidden, 1]
+        layers = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            ws, bs = [], []
+            for m in range(self.n_models):
+                torch.manual_seed(self.seed * 1000 + m * 31 + len(layers))
+                lin = nn.Linear(a, b)
+                ws.append(lin.weight.detach().t())
+                bs.append(lin.bias.detach())
+            layers.append((torch.stack(ws).requires_grad_(), torch.stack(bs).unsqueeze(1).requires_grad_()))
+        return layers
+
+    def _forward(self, x: torch.Tensor, layers) -> torch.Tensor:
+        """``x [M, n, D]`` → scores ``[M, n]``."""
+        h = x
+        for k, (w, b) in enumerate(layers):
+            h = torch.baddbmm(b, h, w)
+            if k < len(layers) - 1:
+                h = torch.relu(h)
+        return h.squeeze(-1)
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> RankingPredictor:
         x_t = torch.as_tensor(x, dtype=torch.float32)
@@ -122,34 +139,33 @@ class RankingPredictor:
         n = len(y_z)
         if n < 2:
             raise ValueError("the predictor needs at least two trials")
-        self.members = []
-        for m in range(self.n_models):
-            g = torch.Generator().manual_seed(self.seed * 1000 + m)
-            torch.manual_seed(self.seed * 1000 + m)
-            idx = torch.randint(0, n, (n,), generator=g) if self.bootstrap else torch.arange(n)
-            xb, yb = x_t[idx], y_z[idx]
-            net = self._mlp(x_t.shape[1])
-            opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+        g = torch.Generator().manual_seed(self.seed)
+        idx = (torch.randint(0, n, (self.n_models, n), generator=g) if self.bootstrap
+               else torch.arange(n).expand(self.n_models, n))
+        xb, yb = x_t[idx], y_z[idx]  # [M, n, D], [M, n]
+        layers = self._init(x_t.shape[1])
+        opt = torch.optim.Adam([p for layer in layers for p in layer], lr=self.lr)
+        i, j = torch.triu_indices(n, n, offset=1)
+        sign = torch.sign(yb[:, i] - yb[:, j])  # [M, pairs]; 0 for ties (bootstrap duplicates): left out
+        used = (sign != 0).float()
+        for _ in range(self.epochs):
+            s = self._forward(xb, layers)
             if self.loss == "pairwise":
-                i, j = torch.triu_indices(n, n, offset=1)
-                sign = torch.sign(yb[i] - yb[j])
-                keep = sign != 0
-                i, j, sign = i[keep], j[keep], sign[keep]
-                crit = nn.MarginRankingLoss(margin=self.margin)
-            for _ in range(self.epochs):
-                s = net(xb).squeeze(-1)
-                loss = crit(s[i], s[j], sign) if self.loss == "pairwise" else nn.functional.mse_loss(s, yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            self.members.append(net.eval())
+                per = torch.relu(-sign * (s[:, i] - s[:, j]) + self.margin) * used
+                loss = (per.sum(1) / used.sum(1).clamp(min=1)).sum()
+            else:
+                loss = ((s - yb) ** 2).mean(1).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.weights = [(w.detach(), b.detach()) for w, b in layers]
         return self
 
     @torch.no_grad()
     def predict(self, x: np.ndarray) -> np.ndarray:
         x_t = torch.as_tensor(x, dtype=torch.float32)
-        scores = torch.stack([_z_t(m(x_t).squeeze(-1)) for m in self.members])
-        return scores.mean(0).numpy()
+        s = self._forward(x_t.expand(self.n_models, *x_t.shape), self.weights)  # [M, n]
+        return torch.stack([_z_t(row) for row in s]).mean(0).numpy()
 
 
 def _z_t(s: torch.Tensor) -> torch.Tensor:
@@ -196,10 +212,28 @@ def _labels(ctx, trials, opts: PredictorRLConfig) -> np.ndarray:
     return np.asarray(ys, dtype=float)
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread for the block: the predictor and the policy are tiny tensors, for which several
+    threads only add synchronisation (and, next to busy training workers, oversubscription that made each Adam
+    step take milliseconds)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def propose(ctx, opts: PredictorRLConfig, evaluated: list[Arch], rnd: int) -> list[Arch]:
     """One round's proposals: fit the predictor on the completed trials among ``evaluated`` (this search's
     candidates so far, in order: a resumed search replays the same rounds), optimise the policy on it, return the
     most probable unseen candidates (and the exploration picks)."""
+    with one_thread():
+        return _propose(ctx, opts, evaluated, rnd)
+
+
+def _propose(ctx, opts: PredictorRLConfig, evaluated: list[Arch], rnd: int) -> list[Arch]:
     pool = ctx.pool()
     seen = {a.live_key() for a in evaluated}
     found = [ctx.store.get(arch_key(a, "standalone")) for a in evaluated]

@@ -92,7 +92,7 @@ def subnet_gradients(net: Supernet, arch: Arch, batches: list[dict], *, lr: floa
             opt.zero_grad(set_to_none=False)
             loss = F.binary_cross_entropy_with_logits(net(b, arch).float(), b["label"].float())
             loss.backward()
-            loss_v = float(loss)
+            loss_v = float(loss.detach())
             for n, p in params:
                 grads[n].append(p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
             if k == len(batches) - 1:

@@ -112,7 +112,7 @@ def _score_batches(ctx, n: int, batch_size: int) -> list[dict]:
     return out
 
 
-def _inherited_metrics(model_fn, batches: list[dict]) -> dict:
+def inherited_metrics(model_fn, batches: list[dict]) -> dict:
     """Logloss, NE and (when both classes occur) AUC of ``model_fn`` on the fixed scoring batches (one forward
     pass per batch)."""
 
@@ -218,7 +218,7 @@ def run_oneshot(ctx) -> None:
             key = arch_key(a, "supernet")
             rec = ctx.store.get(key)
             if rec is None:
-                metrics = _inherited_metrics(lambda b, a=a: net(b, a), score_batches)
+                metrics = inherited_metrics(lambda b, a=a: net(b, a), score_batches)
                 obj = ctx.objective(metrics)
                 if math.isfinite(obj):
                     ctx.store.record(key, arch=a.to_dict(), objective=obj, flops=arch_flops(a, features, d),

@@ -236,7 +236,8 @@ def propose(ctx, opts: PredictorRLConfig, evaluated: list[Arch], rnd: int) -> li
 def _propose(ctx, opts: PredictorRLConfig, evaluated: list[Arch], rnd: int) -> list[Arch]:
     pool = ctx.pool()
     seen = {a.live_key() for a in evaluated}
-    found = [ctx.store.get(arch_key(a, "standalone")) for a in evaluated]
+    by_key = {t.key: t for t in ctx.store.trials()}  # one read of the store per round
+    found = [by_key.get(arch_key(a, "standalone")) for a in evaluated]
     trials = [t for t in found if t is not None and math.isfinite(ctx.objective(t.metrics))]
     if len(trials) < 2:
         raise RankcraftError(f"predictor_rl: only {len(trials)} of the {len(evaluated)} warm-up candidates "

@@ -196,3 +196,53 @@ def test_curve_label_extrapolates_the_tail_slope():
     assert curve_label(0.5, hist) == pytest.approx(0.5 - 0.16)
     assert curve_label(0.5, hist, horizon=100) == pytest.approx(0.5 - 1.0)
     assert curve_label(0.5, []) == 0.5
+
+
+_BUILD = """
+import sys, json
+from rankcraft.parallel import SequentialExecutor
+from rankcraft.search.space import PRESETS, SpaceConfig
+from rankcraft.search.tabular import build_table
+fids = json.loads(sys.argv[1])
+build_table(sys.argv[2], space=SpaceConfig(**PRESETS["tiny"]), fidelities=fids, n=10, n_full=2,
+            executor=SequentialExecutor(threads_per_task=1), seed=0, chunk=2, progress=False)
+"""
+
+
+def test_kill_9_during_a_table_build_then_resume_keeps_finished_rows(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    fids = {"low": {**LOW, "train": {**LOW["train"], "epochs": 3}}, "full": FULL}
+    out = tmp_path / "t"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD, json.dumps(fids), str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def done() -> dict:
+        if not (out / "trials.db").exists():
+            return {}
+        try:
+            with TrialStore(out / "trials.db", study="table", create=False) as st:
+                return {t.key: t.metrics for t in st.trials()}
+        except Exception:  # noqa: BLE001 - the database may not be created yet
+            return {}
+
+    deadline = time.monotonic() + 120
+    while len(done()) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the build finished before it could be killed: " + proc.stderr.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    survived = done()
+    assert 3 <= len(survived) < 12 and not (out / "table.json.gz").exists()
+    subprocess.run([sys.executable, "-c", _BUILD, json.dumps(fids), str(out)], env=env, check=True,
+                   capture_output=True)
+    final = done()
+    assert len(final) == 12  # 10 low + 2 full
+    assert all(final[k] == v for k, v in survived.items())
+    assert len(Table.load(out / "table.json.gz")) == 10

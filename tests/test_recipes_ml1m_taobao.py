@@ -354,3 +354,20 @@ def test_real_taobao(shared_data, tmp_path):
     assert 0.015 < rate["engaged"] < 0.03 and rate["buy"] < rate["engaged"]
     data = prepare(src, cache_dir=tmp_path, progress=False)
     assert data.features.labels == LABELS and len(data.skipped) == 1
+
+
+def test_session_analysis_reads_the_complete_ml1m_log(tmp_path):
+    """`rankcraft analyze sessions --dataset ml-1m-u3k(-seq)` uses every rating, not the truncated histories."""
+    from rankcraft.analysis.sessions import analyze_sessions, events_from_ml1m
+
+    _fake_ml1m(tmp_path / "ml", RATINGS)
+    log = events_from_ml1m(tmp_path / "ml")
+    direct = analyze_sessions(log, gap_seconds=250, max_k=2)
+    assert direct["events"] == len(RATINGS) and direct["users"] == 3
+    for name in ("ml-1m-u3k", "ml-1m-u3k-seq"):  # the recipes, and the directory itself, give the same log
+        via_recipe = analyze_sessions(name, data_dir=str(tmp_path / "ml"), gap_seconds=250, max_k=2)
+        assert via_recipe == direct
+    assert analyze_sessions(tmp_path / "ml", gap_seconds=250, max_k=2) == direct
+    # gaps > 250 s start a session: user 1 at 100 | 500, 500 | 900; user 2 at 300 | 700, 800; user 3 at
+    # 200 | 600 | 1000
+    assert direct["sessions"] == 3 + 2 + 3

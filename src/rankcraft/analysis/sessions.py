@@ -89,6 +89,15 @@ def events_from_ml100k(data_dir: str | os.PathLike) -> EventLog:
     return log
 
 
+def events_from_ml1m(data_dir: str | os.PathLike) -> EventLog:
+    """Every rating of ml-1m-u3k (ratings.dat.gz joined with movies.dat), genres as ``|``-joined strings: the
+    complete time-stamped histories, not the truncated ones of the prepared sequences."""
+    from rankcraft.data.movielens1m import load_ml1m_table
+
+    table, _ = load_ml1m_table(Path(data_dir))
+    return events_from_table(table.select(["user", "timestamp", "genres"]))
+
+
 def events_from_prepared(data, *, splits: Sequence[str] | None = None, sequence: str | None = None,
                          category_sequence: str | None = None) -> EventLog:
     """Per-user event lists from a :class:`~rankcraft.data.dataset.PreparedData`'s histories.
@@ -327,12 +336,17 @@ def _to_log(data_or_table, *, data_dir, splits, sequence, category_sequence, use
         raw_dirs = {Path(p).parent for p in obj.inputs if Path(p).name == "u.data"}
         if raw_dirs:  # an ML-100K recipe: use the untruncated raw log
             return events_from_ml100k(raw_dirs.pop())
+        raw_dirs = {Path(p).parent for p in obj.inputs if Path(p).name == "ratings.dat.gz"}
+        if raw_dirs:  # an ml-1m-u3k recipe: likewise
+            return events_from_ml1m(raw_dirs.pop())
         return events_from_prepared(prepare(obj), splits=splits, sequence=sequence,
                                     category_sequence=category_sequence)
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj)
         if p.is_dir() and (p / "u.data").exists():
             return events_from_ml100k(p)
+        if p.is_dir() and (p / "ratings.dat.gz").exists():
+            return events_from_ml1m(p)
         if p.is_file():
             from rankcraft.data.readers import read_table
 
@@ -356,9 +370,9 @@ def analyze_sessions(data_or_table, *, gap_seconds: float = 86_400.0, max_k: int
                      seed: int = 0, n_shuffles: int = 20, verbose: bool = False, title: str = "") -> dict:
     """Session-hopping statistics of a dataset; returns the dict of :func:`session_statistics` (plus ``png``).
 
-    ``data_or_table`` may be: an ML-100K directory (``u.data``/``u.item``: the full rating log is used); a recipe
-    name (``ml-100k`` / ``ml-100k-seq`` read the raw log from ``data_dir``; other recipes are prepared and their
-    histories used); a :class:`~rankcraft.data.dataset.DataSource` or
+    ``data_or_table`` may be: an ML-100K directory (``u.data``/``u.item``: the full rating log is used) or an
+    ml-1m-u3k directory (``ratings.dat.gz``); a recipe name (``ml-100k`` / ``ml-100k-seq`` / ``ml-1m-u3k`` /
+    ``ml-1m-u3k-seq`` read the raw log from ``data_dir``; other recipes are prepared and their histories used); a :class:`~rankcraft.data.dataset.DataSource` or
     :class:`~rankcraft.data.dataset.PreparedData` (histories, see :func:`events_from_prepared`); a CSV/Parquet
     event file, a ``pyarrow.Table`` or a mapping of columns (``user_column``, ``ts_column``, ``category_column``
     with ``separator``-joined categories); or an :class:`EventLog`. ``verbose`` prints the table;

@@ -42,7 +42,7 @@ from rankcraft.search.sigeo import SiGeoConfig, fixed_batches, score_candidates 
 from rankcraft.search.space import SearchSpace  # noqa: E402
 from rankcraft.search.strategies import inherited_metrics  # noqa: E402
 from rankcraft.search.supernet import Supernet  # noqa: E402
-from rankcraft.search.tabular import Table  # noqa: E402
+from rankcraft.search.tabular import Table, live_hash  # noqa: E402
 
 LEVELS = (0.0, 0.01, 0.05, 0.10, 1.0)
 
@@ -72,7 +72,7 @@ def warm_supernet(data, space: SearchSpace, fraction: float, *, batch: int = 512
 
 def corr(score: np.ndarray, truth: np.ndarray, n_boot: int = 1000) -> dict:
     """τ and ρ between ``score`` (higher = better) and ``-truth`` (lower truth = better), with bootstrap CIs."""
-    ok = np.isfinite(score)
+    ok = np.isfinite(score) & np.isfinite(truth)
     s, t = score[ok], -truth[ok]
     rng = np.random.default_rng(0)
     taus, rhos = [], []
@@ -93,14 +93,18 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--levels", default=",".join(str(x) for x in LEVELS), help="warm-up fractions of one epoch")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N candidates (a smoke test)")
+    ap.add_argument("--n", type=int, default=100, help="candidates: the table's first N rows (those that get the "
+                    "full fidelity; rows without it yet are scored and left out of the full-fidelity correlations)")
+    ap.add_argument("--from-scores", action="store_true", help="reuse OUT/scores.json (the proxies do not depend "
+                    "on the truth) and only recompute the correlations, e.g. after more table rows finished")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = Table.load(args.table)
-    idx = table.with_fidelity("full")[: args.limit]
+    idx = list(range(min(args.n, len(table))))[: args.limit]
     archs = [table.archs[i] for i in idx]
-    truth_full = np.array([table.rows[i]["full"]["logloss"] for i in idx])
+    truth_full = np.array([table.rows[i]["full"]["logloss"] if table.rows[i].get("full") else np.nan for i in idx])
     truth_low = np.array([table.rows[i]["low"]["logloss"] for i in idx])
     data = prepare_spec({"recipe": "frappe_x1", **({"data_dir": args.data_dir} if args.data_dir else {})})
     space = SearchSpace(table.space)
@@ -109,45 +113,53 @@ def main() -> None:
     trivial = {"params": np.array([float(table.rows[i]["params"]) for i in idx]),
                "flops": np.array([arch_flops(a, data.features, 10) for a in archs]),
                "random": np.random.default_rng(0).random(len(idx))}
-    results: dict = {"candidates": len(idx), "levels": {}, "trivial": {}}
+    results: dict = {"candidates": len(idx), "with_full": int(np.isfinite(truth_full).sum()), "levels": {},
+                     "trivial": {}}
     for name, v in trivial.items():
         results["trivial"][name] = {"vs_full": corr(v, truth_full), "vs_low": corr(v, truth_low)}
     levels = [float(x) for x in args.levels.split(",")]
+    scores_path = out / "scores.json"
+    saved = json.loads(scores_path.read_text()) if args.from_scores else {}
     for level in levels:
-        net, steps, warm_s = warm_supernet(data, space, level)
-        t0 = time.perf_counter()
-        scores: dict[str, list] = {}
-        for scope in ("all", "last"):
-            opts = SiGeoConfig(warmup=level, scope=scope)
-            raw = score_candidates(net, archs, train_batches, opts, with_synflow=scope == "all")
-            for key in (("sigeo", "zico", "fr", "loss", "gradnorm", "synflow") if scope == "all"
-                        else ("sigeo", "zico")):
-                name = key if scope == "all" else f"{key} (head only)"
-                sign = -1.0 if key == "loss" else 1.0
-                scores[name] = [sign * r[key] for r in raw]
-            if scope == "all":
-                grad_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        net.eval()
-        with torch.no_grad():
-            scores["one-shot (inherited logloss)"] = [-inherited_metrics(lambda b, a=a: net(b, a), valid_batches)
-                                                      ["logloss"] for a in archs]
-        inh_s = time.perf_counter() - t1
+        if str(level) in saved:
+            entry = saved[str(level)]
+            scores = entry.pop("scores")
+        else:
+            net, steps, warm_s = warm_supernet(data, space, level)
+            t0 = time.perf_counter()
+            scores = {}
+            for scope in ("all", "last"):
+                opts = SiGeoConfig(warmup=level, scope=scope)
+                raw = score_candidates(net, archs, train_batches, opts, with_synflow=scope == "all")
+                for key in (("sigeo", "zico", "fr", "loss", "gradnorm", "synflow") if scope == "all"
+                            else ("sigeo", "zico")):
+                    name = key if scope == "all" else f"{key} (head only)"
+                    sign = -1.0 if key == "loss" else 1.0
+                    scores[name] = [sign * r[key] for r in raw]
+                if scope == "all":
+                    grad_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            net.eval()
+            with torch.no_grad():
+                scores["one-shot (inherited logloss)"] = [
+                    -inherited_metrics(lambda b, a=a: net(b, a), valid_batches)["logloss"] for a in archs]
+            inh_s = time.perf_counter() - t1
+            entry = {"warmup_steps": steps, "warmup_seconds": warm_s, "gradient_proxy_seconds": grad_s,
+                     "inherited_seconds": inh_s, "examples_gradient_proxies": steps * 512 + len(archs) * 4 * 512,
+                     "examples_inherited": steps * 512 + len(archs) * 8 * 512 / 3}
+            saved[str(level)] = {**entry, "scores": scores, "archs": [live_hash(a) for a in archs]}
+            scores_path.write_text(json.dumps(saved))
         per = {}
         for name, v in scores.items():
             v = np.array(v, dtype=float)
             per[name] = {"vs_full": corr(v, truth_full), "vs_low": corr(v, truth_low)}
-        examples_grad = steps * 512 + len(archs) * 4 * 512
-        examples_inh = steps * 512 + len(archs) * 8 * 512 / 3
-        results["levels"][str(level)] = {"warmup_steps": steps, "warmup_seconds": warm_s,
-                                         "gradient_proxy_seconds": grad_s, "inherited_seconds": inh_s,
-                                         "examples_gradient_proxies": examples_grad,
-                                         "examples_inherited": examples_inh, "proxies": per}
-        print(f"level {level:.0%}: {steps} warm-up steps ({warm_s:.0f} s), proxies {grad_s:.0f} s; "
+        results["levels"][str(level)] = {**{k: v for k, v in entry.items() if k != "archs"}, "proxies": per}
+        print(f"level {level:.0%}: {entry['warmup_steps']} warm-up steps, proxies {entry['gradient_proxy_seconds']:.0f} s; "
               + ", ".join(f"{k} τ {v['vs_full']['tau']:+.3f}" for k, v in per.items()), flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     one_shot = results["levels"].get("1.0") or results["levels"][str(levels[-1])]
-    lines = [f"# SiGeo and zero-cost proxies on the Frappe_x1 table ({len(idx)} architectures with full-fidelity "
+    n_full = int(np.isfinite(truth_full).sum())
+    lines = [f"# SiGeo and zero-cost proxies on the Frappe_x1 table ({n_full} architectures with full-fidelity "
              "logloss)", "",
              "Kendall τ with the full-fidelity validation logloss (higher = the score ranks like the truth), 95% "
              "bootstrap interval; cost relative to one-shot scoring (1 epoch of supernet training + inherited-"

@@ -145,7 +145,7 @@ def synflow(net: Supernet, arch: Arch, batch: dict) -> float:
         net.zero_grad(set_to_none=True)
         r = net(b, arch).sum()
         r.backward()
-        s = sum(float((p * p.grad).sum()) for p in net.parameters() if p.grad is not None)
+        s = sum(float((p.detach() * p.grad).sum()) for p in net.parameters() if p.grad is not None)
     finally:
         net.float()
         net.load_state_dict(saved)

@@ -116,15 +116,18 @@ class SearchContext:
 
     def nearest_in_pool(self, arch: Arch, rng, exclude: Arch | None = None) -> Arch:
         """The pool member with the fewest differing decisions from ``arch`` (ties broken by ``rng``), other than
-        ``exclude``: how a mutation is projected onto a table's architectures."""
+        ``exclude`` (equal decisions = the same model): how a mutation is projected onto a table's
+        architectures."""
         target = decisions(arch)
-        skip = exclude.live_key() if exclude is not None else None
+        skip = decisions(exclude) if exclude is not None else None
         best, best_d = [], math.inf
         for a, dec in zip(self.pool(), self.pool_decisions()):
+            if dec == skip:
+                continue
             d = hamming(target, dec)
-            if d < best_d and (skip is None or a.live_key() != skip):
+            if d < best_d:
                 best, best_d = [a], d
-            elif d == best_d and (skip is None or a.live_key() != skip):
+            elif d == best_d:
                 best.append(a)
         return rng.choice(best)
 

@@ -97,7 +97,8 @@ def build_table(out: str | Path, *, space: SpaceConfig, fidelities: dict[str, di
             print(f"resuming: {interrupted} interrupted candidate(s) will be re-run")
         for i, (name, fid) in enumerate(fidelities.items()):
             rows = pool if i == 0 else pool[:n_full]
-            todo = [a for a in rows if store.get(f"{name}-{live_hash(a)}") is None]
+            finished = store.completed_keys()  # one read of the store, not one per row
+            todo = [a for a in rows if f"{name}-{live_hash(a)}" not in finished]
             for start in range(0, len(todo), chunk):
                 part = todo[start:start + chunk]
                 nums = [store.start(f"{name}-{live_hash(a)}", arch=a.to_dict(), hparams=fid["train"],

@@ -52,8 +52,9 @@ def run_tpe(ctx) -> None:
             free = [i for i in range(len(pool)) if i not in seen and i not in picks]
             if not free:
                 break
-            best = min(hamming(target, dec[i]) for i in free)
-            picks.append(rng.choice([i for i in free if hamming(target, dec[i]) == best]))
+            dist = {i: hamming(target, dec[i]) for i in free}
+            best = min(dist.values())
+            picks.append(rng.choice([i for i, d in dist.items() if d == best]))
         if not picks:
             break
         values = ctx.evaluate([pool[i] for i in picks])

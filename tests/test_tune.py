@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import pytest
 
 from rankcraft.cli.main import main
@@ -204,3 +205,46 @@ def test_front_and_hypervolume_in_any_dimension():
     assert hypervolume_nd([[0.5, 0.5, 0.5], [0.0, 0.5, 0.75]], (1, 1, 1)) == pytest.approx(0.125 + 0.125 - 0.0625)
     p3 = np.array([[1, 2, 3], [2, 1, 3], [1, 2, 3], [2, 2, 4], [0, 3, 3]], dtype=float)
     assert sorted(pareto_front_nd(p3).tolist()) == [0, 1, 4]  # the duplicate (2) and the dominated (3) are out
+
+
+# --------------------------------------------------------------------------------- selecting on a train slice
+def test_valid_from_train_selects_on_a_slice_and_drops_the_reported_splits():
+    from rankcraft.data.spec import prepare_spec
+
+    full = prepare_spec(DATA)
+    a = prepare_spec({**DATA, "valid_from_train": 0.25})
+    b = prepare_spec({**DATA, "valid_from_train": 0.25})
+    n = len(full.splits["train"])
+    assert set(a.splits) == {"train", "valid"}  # the given valid and test splits are never seen
+    assert len(a.splits["valid"]) == round(0.25 * n) and len(a.splits["train"]) + len(a.splits["valid"]) == n
+    # the two parts partition the training rows: every column's total is the training split's
+    for name, col in full.splits["train"].columns.items():
+        if col.is_floating_point() or col.dtype in (torch.int64, torch.int32):
+            whole = col.double().sum().item()
+            parts = a.splits["train"].columns[name].double().sum().item() + \
+                a.splits["valid"].columns[name].double().sum().item()
+            assert parts == pytest.approx(whole), name
+    assert torch.equal(a.splits["valid"].columns["label"], b.splits["valid"].columns["label"])  # seeded
+    c = prepare_spec({**DATA, "seed": 3, "valid_from_train": 0.25})
+    assert not torch.equal(c.splits["valid"].columns["label"], a.splits["valid"].columns["label"])
+    # with a subsample, the subsample is drawn from what is left for training
+    s = prepare_spec({**DATA, "valid_from_train": 0.25, "train_rows": 100})
+    assert len(s.splits["train"]) == 100 and len(s.splits["valid"]) == round(0.25 * n)
+    with pytest.raises(ConfigError, match="valid_from_train"):
+        prepare_spec({**DATA, "valid_from_train": 0.25, "out_of_core": {}})
+    with pytest.raises(ValueError):
+        prepare_spec({**DATA, "valid_from_train": 1.0})
+
+
+def test_cli_valid_from_train_reaches_the_tune_and_needs_cli_data(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["tune", "--dataset", "synthetic", "--rows", "2000", "--valid-from-train", "0.2", "--model", "lr",
+                 "--opt", "lr=float:1e-3:1e-2:log", "--budget", "1", "--out", str(out), "--quiet"]) == 0
+    best = json.loads((out / "best.json").read_text())
+    assert best["data"]["valid_from_train"] == 0.2
+    cfg = tmp_path / "tune.yaml"
+    cfg.write_text("data: {recipe: synthetic, rows: 2000}\nmodel: lr\n")
+    rc = main(["tune", "--config", str(cfg), "--valid-from-train", "0.2", "--out",
+               str(tmp_path / "u")])
+    assert rc != 0
+    assert "--valid-from-train needs the data" in capsys.readouterr().err

@@ -86,10 +86,23 @@ def _add_data_args(p: argparse.ArgumentParser, without: str | None = None) -> No
     g.add_argument("--rows", type=int, help="rows to generate (synthetic recipe)")
     g.add_argument("--data-option", action="append", metavar="KEY=VALUE",
                    help="a recipe option (repeatable), e.g. --data-option negatives=4 for the events recipe")
+    g.add_argument("--valid-from-train", type=float, metavar="FRACTION",
+                   help="select (early stopping, tuning, search) on this seeded fraction of the training rows; the "
+                   "given validation and test splits are dropped, so the split you report on stays unseen")
     g.add_argument("--cache-dir", help="processed-data cache (default $RANKCRAFT_CACHE or ~/.cache/rankcraft)")
 
 
 def _data_spec(args) -> dict | None:
+    d = _data_source_spec(args)
+    if d is not None and getattr(args, "valid_from_train", None) is not None:
+        d["valid_from_train"] = args.valid_from_train
+    elif getattr(args, "valid_from_train", None) is not None:
+        raise ConfigError("--valid-from-train needs the data on the command line (--dataset or --schema); in a "
+                          "config file write data.valid_from_train")
+    return d
+
+
+def _data_source_spec(args) -> dict | None:
     if args.dataset:
         d = {"recipe": args.dataset, "data_dir": args.data_dir}
         if args.rows:

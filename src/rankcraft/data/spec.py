@@ -57,6 +57,11 @@ class DataSpec(BaseModel):
     #: fitted on the whole training split, so vocabularies do not change with the subsample): the partial-data
     #: low fidelity of searches and tabular benchmarks. Absent: every training row.
     train_rows: int | None = Field(default=None, ge=1)
+    #: select on a slice of the training data instead of the given validation split: this fraction of the
+    #: training rows (a permutation seeded by ``seed``) becomes the validation split and the dataset's own
+    #: validation and test splits are dropped, so that tuning, searching and early stopping never see the split a
+    #: result is reported on. The encoders are still fitted on the whole training split. Absent: the given splits.
+    valid_from_train: float | None = Field(default=None, gt=0, lt=1)
 
     def with_absolute_paths(self) -> "DataSpec":
         """The same spec with every file/directory path absolute (a run directory's ``config.json`` stores
@@ -99,13 +104,29 @@ def prepare_spec(spec: DataSpec | dict, cache_dir: str | Path | None = None) -> 
                           "command needs ordinary train/valid splits — remove 'partitions'")
     if spec.out_of_core is not None:
         o = spec.out_of_core
-        if spec.train_rows is not None:
-            raise ConfigError("data.train_rows: a training subsample is for in-memory data; remove 'out_of_core' "
-                              "or 'train_rows'")
+        for key in ("train_rows", "valid_from_train"):
+            if getattr(spec, key) is not None:
+                raise ConfigError(f"data.{key}: this is for in-memory data; remove 'out_of_core' or '{key}'")
         return prepare_out_of_core(spec.source(), cache_dir, fit_rows=o.fit_rows, rows_per_shard=o.rows_per_shard,
                                    buffer_shards=o.buffer_shards)
     data = prepare(spec.source(), cache_dir=cache_dir)
+    if spec.valid_from_train is not None:
+        data = valid_from_train(data, spec.valid_from_train, spec.seed)
     return data if spec.train_rows is None else subsample_train(data, spec.train_rows, spec.seed)
+
+
+def valid_from_train(data: PreparedData, fraction: float, seed: int) -> PreparedData:
+    """``data`` with ``round(fraction · n)`` of its ``n`` training rows (a permutation seeded by ``seed``, kept in
+    their original order) as the validation split, the rest as the training split, and no other split."""
+    train = data.splits["train"]
+    n_valid = int(round(len(train) * fraction))
+    if n_valid < 1 or n_valid >= len(train):
+        raise ConfigError(f"data.valid_from_train {fraction} leaves no validation or no training rows out of the "
+                          f"{len(train):,} training rows of '{data.name}'")
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(len(train), generator=g)
+    return dataclasses.replace(data, splits={"train": train.subset(torch.sort(perm[n_valid:]).values),
+                                             "valid": train.subset(torch.sort(perm[:n_valid]).values)})
 
 
 def subsample_train(data: PreparedData, rows: int, seed: int) -> PreparedData:
@@ -130,4 +151,8 @@ def prepare_stream_spec(spec: DataSpec | dict, cache_dir: str | Path | None = No
     if spec.out_of_core is not None:
         raise ConfigError("data: 'out_of_core' and 'partitions' do not combine yet; partitions are read one at a "
                           "time already (each is cached on its own)")
+    for key in ("train_rows", "valid_from_train"):
+        if getattr(spec, key) is not None:
+            raise ConfigError(f"data.{key}: not for streams (each partition is evaluated after training on the "
+                              f"earlier ones); remove '{key}' or 'partitions'")
     return prepare_stream(spec.source(), spec.partitions, cache_dir=cache_dir, encoders=encoders)

@@ -55,6 +55,11 @@ class MoS(nn.Module):
         short_term: Literal["window", "last_session"] = "window"
         expert_sharing: Literal["none", "themes", "all"] = "none"
         fusion: Literal["concat", "gate"] = "concat"
+        # compute: theme experts on the routed events only ("packed") or on padded subsequences ("padded")
+        packing: Literal["packed", "padded"] = "packed"
+        pack_growth: float = Field(default=2.0, gt=1)
+        # "dense": the dense MoE counterpart (every theme expert reads the whole sequence, target-gated)
+        mixture: Literal["themes", "dense"] = "themes"
         # tower
         hidden_units: Units = Field(default_factory=lambda: [256, 128])
 
@@ -74,7 +79,8 @@ class MoS(nn.Module):
                 temperature=p.routing_temperature, top_k=p.top_k, routing_grad=p.routing_grad,
                 balance_weight=p.balance_weight, diversity_weight=p.diversity_weight,
                 short_term_window=p.short_term_window, short_term=p.short_term, expert_sharing=p.expert_sharing,
-                fusion=p.fusion, theme_max_len=p.theme_max_len)
+                fusion=p.fusion, theme_max_len=p.theme_max_len, packing=p.packing, pack_growth=p.pack_growth,
+                mixture=p.mixture)
         except (TypeError, ValueError) as exc:  # e.g. unknown backbone option, heads not dividing the dim
             raise ConfigError(f"model 'mos': {exc}") from None
         if p.segmentation == "time" and not self.inputs.has_ts:

@@ -32,9 +32,14 @@ backbone output width ``o`` (``d`` for ``din``/``mean``, ``2d`` for ``transforme
    the session-hopping generator (4 themes, K = 4, 4 epochs) with NMI ≥ 0.96 on 7 of 8 initialisation seeds
    (one: 0.58); the notes' dot + straight-through + ``λ_bal = 0.01`` got NMI 0.71, 0.81, 0.83, 0.996 on 4 seeds.
    Both gave the same ML-100K validation AUC (0.692, DIN backbone, 3 epochs).
-4. **Theme subsequences** (:func:`theme_subsequences`): the events of all sessions routed to ``k`` in their original
-   time order (recurring interests in non-adjacent sessions are concatenated), gathered into a left-padded
-   ``[B, K, L_k]`` tensor with ``L_k = max_b |theme k of b|`` (or ``theme_max_len``: the most recent events kept).
+4. **Theme subsequences**: the events of all sessions routed to ``k`` in their original time order (recurring
+   interests in non-adjacent sessions are concatenated; ``theme_max_len``: only the most recent events kept).
+   ``packing="packed"`` (default): the ``N ≤ B·L`` routed events are one flat list with a segment per (theme, row)
+   and each theme expert runs :meth:`~rankcraft.nn.sequence.SequenceEncoder.forward_packed` on its own events only
+   (exact for ``din``/``mean``; length buckets growing by ``pack_growth`` for ``transformer``), so a row's theme
+   experts together cost about one pass over its real events — the paper's efficiency argument. ``"padded"``:
+   :func:`theme_subsequences` gathers a left-padded ``[B, K, L_k]`` tensor with ``L_k = max_b |theme k of b|`` and
+   every expert runs on all of it (K·L_k events per row). Both give the same outputs up to float rounding.
 5. **Experts**: backbones from :func:`~rankcraft.nn.sequence.build_sequence_encoder`: a global expert
    ``u_g = f_g(E, mask, q)``; a short-term expert ``u_s = f_s(E_{L−w+1..L}, ·, q)`` over the last ``w`` events
    (``short_term="window"``) or over the last session (``"last_session"``); theme experts
@@ -44,6 +49,8 @@ backbone output width ``o`` (``d`` for ``din``/``mean``, ``2d`` for ``transforme
 6. **Fusion**: the target is routed with the same router, ``π = softmax_k(a(q))`` over present themes. ``"concat"``
    (default): ``u_t = Σ_k π_k u_k`` and ``u = [u_g, u_s, u_t] : [B, 3o]``. ``"gate"``: a softmax over the
    ``K + 2`` experts, ``α_e ∝ exp(MLP([q, u_e]) + [e is theme k]·log π_k)``, ``u = Σ_e α_e u_e : [B, o]``.
+   ``mixture="dense"``: the dense-MoE counterpart (the "other MoE" baseline): no sessions or routing, every theme
+   expert reads the whole sequence and ``π = softmax_k(a(q))`` over all ``K`` (no auxiliary loss).
 7. **Auxiliary loss** (training only, stored in :attr:`MixtureOfSequence.aux_loss`, already weighted):
    ``λ_bal · K Σ_k f_k P̄_k`` (``balance_weight``, default 0.05, the notes say 0.01; Switch load balancing over
    the real sessions of the batch: ``f_k`` the fraction of assignments to ``k``, ``P̄_k`` the mean gate)
@@ -72,6 +79,8 @@ GRADS = ("straight_through", "gumbel", "gate_scale")
 SHARING = ("none", "themes", "all")
 FUSIONS = ("concat", "gate")
 SHORT_TERM = ("window", "last_session")
+PACKINGS = ("packed", "padded")
+MIXTURES = ("themes", "dense")
 
 
 # ------------------------------------------------------------------------------------------- step 1: sessions
@@ -249,19 +258,24 @@ class MixtureOfSequence(nn.Module):
                  temperature: float = 1.0, top_k: int = 1, routing_grad: str = "gate_scale",
                  balance_weight: float = 0.05, diversity_weight: float = 0.0, short_term_window: int = 20,
                  short_term: str = "window", expert_sharing: str = "none", fusion: str = "concat",
-                 theme_max_len: int | None = None, gate_hidden: int = 64):
+                 theme_max_len: int | None = None, gate_hidden: int = 64, packing: str = "packed",
+                 pack_growth: float = 2.0, mixture: str = "themes"):
         super().__init__()
         for value, allowed, what in ((segmentation, SEGMENTATIONS, "segmentation"),
                                      (session_overflow, OVERFLOWS, "session_overflow"),
                                      (session_pooling, POOLINGS, "session_pooling"),
                                      (routing_grad, GRADS, "routing_grad"), (expert_sharing, SHARING, "expert_sharing"),
-                                     (fusion, FUSIONS, "fusion"), (short_term, SHORT_TERM, "short_term")):
+                                     (fusion, FUSIONS, "fusion"), (short_term, SHORT_TERM, "short_term"),
+                                     (packing, PACKINGS, "packing"), (mixture, MIXTURES, "mixture")):
             if value not in allowed:
                 raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
         if not 1 <= top_k <= num_themes:
             raise ValueError(f"top_k must be in [1, num_themes={num_themes}]")
         if num_themes < 1 or short_term_window < 1:
             raise ValueError("num_themes and short_term_window must be >= 1")
+        if pack_growth <= 1:
+            raise ValueError(f"pack_growth must be > 1, got {pack_growth}")
+        self.packing, self.pack_growth, self.mixture = packing, float(pack_growth), mixture
         self.dim, self.max_len, self.K = dim, max_len, num_themes
         self.segmentation, self.gap, self.chunk_size = segmentation, float(session_gap_seconds), chunk_size
         self.max_sessions, self.overflow = max_sessions, session_overflow
@@ -324,11 +338,10 @@ class MixtureOfSequence(nn.Module):
         return torch.where(sid >= 0, theme, torch.full_like(theme, -1))
 
     # -------------------------------------------------------------------------------------------- forward
-    def forward(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
-                ts: torch.Tensor | None = None) -> torch.Tensor:
+    def _themes(self, seq, mask, target, ts):
+        """Sessions → routing → theme experts: ``(sid, gates, hard, smask, present [B, K], u_k [B, K, o])``."""
         B, L, d = seq.shape
         K = self.K
-        mask = mask.bool()
         sid, smask, logits = self._route_sessions(seq, mask, ts)
         gates = torch.softmax(logits, dim=-1)                             # [B, M, K]
         if self.routing_grad == "gumbel" and self.training:
@@ -348,30 +361,86 @@ class MixtureOfSequence(nn.Module):
         w_ev = weight.gather(1, sidx.unsqueeze(-1).expand(B, L, K))       # [B, L, K]
         members = (hard.gather(1, sidx.unsqueeze(-1).expand(B, L, K)) > 0.5) & valid.unsqueeze(-1)
         members = members.transpose(1, 2)                                 # [B, K, L]
-        index, tmask = theme_subsequences(members, self.theme_max_len)    # [B, K, Lk]
+        if self.theme_max_len is not None:                                # keep each theme's most recent events
+            from_end = members.long().flip(-1).cumsum(-1).flip(-1)       # 1 = most recent member
+            members = members & (from_end <= self.theme_max_len)
+        present = members.any(-1)                                         # [B, K]
+        if self.packing == "packed":
+            u_k = self._theme_experts_packed(seq, target, members, w_ev)
+        else:
+            u_k = self._theme_experts_padded(seq, target, members, w_ev)
+        return sid, gates, hard, smask, present, u_k
+
+    def _theme_experts_padded(self, seq, target, members, w_ev):
+        """Theme experts on ``[B, K, L_k]`` left-padded subsequences (``L_k``: the longest theme of the batch)."""
+        B, L, d = seq.shape
+        K = self.K
+        index, tmask = theme_subsequences(members)                        # [B, K, Lk]
         Lk = index.shape[-1]
         gather_idx = index.unsqueeze(-1)
         sub = seq.unsqueeze(1).expand(B, K, L, d).gather(2, gather_idx.expand(B, K, Lk, d))
         sub_w = w_ev.transpose(1, 2).gather(2, index)                     # [B, K, Lk]
         sub = sub * (sub_w * tmask).unsqueeze(-1)                         # ST factor (1 in value), 0 at padding
-        present = tmask.any(-1)                                           # [B, K]
+        if self.sharing in ("themes", "all"):
+            f = self._expert("theme")
+            return f(sub.reshape(B * K, Lk, d), tmask.reshape(B * K, Lk),
+                     target.repeat_interleave(K, dim=0)).view(B, K, -1)
+        return torch.stack([self._expert("theme", k)(sub[:, k], tmask[:, k], target) for k in range(K)], dim=1)
 
-        # ---- experts
+    def _theme_experts_packed(self, seq, target, members, w_ev):
+        """Theme experts on the routed events only: the ``N ≤ B·L`` (row, theme, event) memberships in
+        (theme, row, time) order, one segment per (theme, row); see
+        :meth:`~rankcraft.nn.sequence.SequenceEncoder.forward_packed`."""
+        B = seq.shape[0]
+        K = self.K
+        kk, bb, jj = torch.nonzero(members.transpose(0, 1), as_tuple=True)   # sorted by (k, b, j)
+        vals = seq[bb, jj] * w_ev[bb, jj, kk].unsqueeze(-1)                   # [N, d]; ST factor (1 in value)
+        if self.sharing in ("themes", "all"):
+            f = self._expert("theme")
+            u = f.forward_packed(vals, kk * B + bb, target.repeat(K, 1), growth=self.pack_growth)   # [K·B, o]
+            return u.view(K, B, -1).transpose(0, 1)
+        ends = torch.cumsum(torch.bincount(kk, minlength=K), 0).tolist()
+        outs, start = [], 0
+        for k in range(K):
+            outs.append(self._expert("theme", k).forward_packed(vals[start:ends[k]], bb[start:ends[k]], target,
+                                                                growth=self.pack_growth))
+            start = ends[k]
+        return torch.stack(outs, dim=1)                                    # [B, K, o]
+
+    def _dense_experts(self, seq, mask, target):
+        """The dense-MoE counterpart: every theme expert reads the whole sequence ``[B, K, o]``."""
+        B, L, d = seq.shape
+        K = self.K
+        if self.sharing in ("themes", "all"):
+            f = self._expert("theme")
+            return f(seq.repeat_interleave(K, 0), mask.repeat_interleave(K, 0),
+                     target.repeat_interleave(K, 0)).view(B, K, -1)
+        return torch.stack([self._expert("theme", k)(seq, mask, target) for k in range(K)], dim=1)
+
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                ts: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, d = seq.shape
+        K = self.K
+        mask = mask.bool()
+        if self.mixture == "dense":
+            sid = None
+            u_k = self._dense_experts(seq, mask, target)
+            present = mask.any(1, keepdim=True).expand(B, K)
+        else:
+            sid, gates, hard, smask, present, u_k = self._themes(seq, mask, target, ts)
+
+        # ---- global and short-term experts
         u_g = self.global_expert(seq, mask, target)                       # [B, o]
         if self.short_term == "window":
             s_seq, s_mask = seq[:, -self.window:], mask[:, -self.window:]
         else:
+            if sid is None:
+                sid = self.sessions(mask, ts)
             last = sid.max(dim=1, keepdim=True).values
             s_mask = mask & (sid == last)
             s_seq = seq * s_mask.unsqueeze(-1).to(seq.dtype)
         u_s = self._expert("short")(s_seq, s_mask, target)
-        if self.sharing in ("themes", "all"):
-            f = self._expert("theme")
-            u_k = f(sub.reshape(B * K, Lk, d), tmask.reshape(B * K, Lk),
-                    target.repeat_interleave(K, dim=0)).view(B, K, -1)
-        else:
-            u_k = torch.stack([self._expert("theme", k)(sub[:, k], tmask[:, k], target) for k in range(K)], dim=1)
-        if self.routing_grad == "gate_scale":
+        if self.mixture == "themes" and self.routing_grad == "gate_scale":
             gbar = (hard * gates).sum(1) / hard.sum(1).clamp_min(1.0)     # [B, K]
             u_k = u_k * gbar.unsqueeze(-1)
         u_k = u_k * present.unsqueeze(-1).to(u_k.dtype)                   # absent themes contribute nothing
@@ -394,7 +463,7 @@ class MixtureOfSequence(nn.Module):
         # ---- auxiliary loss
         if self.training and (self.balance_weight > 0 or self.diversity_weight > 0):
             aux = seq.new_zeros(())
-            if self.balance_weight > 0:
+            if self.balance_weight > 0 and self.mixture == "themes":
                 aux = aux + self.balance_weight * load_balancing_loss(gates, hard, smask)
             if self.diversity_weight > 0:
                 p = F.normalize(self.router.prototypes, dim=-1)

@@ -7,6 +7,12 @@ Every encoder maps a sequence to one vector, conditioned on the target item::
 ``mask`` is True at real events (sequences are left-padded, most recent event last). A row with no events at all
 must produce a finite output (zeros for pooling encoders). Encoders are built by name through
 :func:`build_sequence_encoder` so wrappers such as MoS can instantiate any backbone of the zoo.
+
+Packed input (:meth:`SequenceEncoder.forward_packed`): many variable-length segments as one flat event list,
+``values : [N, d_in]``, ``segment : [N]`` long (non-decreasing; within a segment, events in time order),
+``target : [S, d_in]`` → ``[S, out_dim]``; an empty segment gives zeros. Pooling encoders compute on the ``N`` real
+events only; the others run their padded ``forward`` on length buckets (each bucket padded to its longest segment,
+so padding is bounded by the bucket growth factor instead of the longest segment of the batch).
 """
 
 from __future__ import annotations
@@ -27,6 +33,46 @@ class SequenceEncoder(nn.Module):
     def forward(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: D102
         raise NotImplementedError
 
+    def forward_packed(self, values: torch.Tensor, segment: torch.Tensor, target: torch.Tensor, *,
+                       growth: float = 2.0) -> torch.Tensor:
+        """``[S, out_dim]`` for the packed segments (see the module docstring): segments with ``n > 0`` events go
+        into buckets of padded length ``min(⌈growth^i⌉ ≥ n, longest)`` and each bucket runs :meth:`forward`
+        left-padded, so the output equals the padded computation wherever that does not depend on the pad length
+        (true for every encoder here: positions count from the most recent event)."""
+        if growth <= 1:
+            raise ValueError(f"packing growth factor must be > 1, got {growth}")
+        S, N = target.shape[0], values.shape[0]
+        counts = torch.bincount(segment, minlength=S)                       # [S]
+        out = values.new_zeros(S, self.out_dim)
+        if N == 0:
+            return out
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(N, device=values.device) - starts[segment]      # 0 = oldest event of its segment
+        longest = int(counts.max())
+        sizes, x = {longest}, 1.0
+        while x < longest:
+            sizes.add(math.ceil(x))
+            x *= growth
+        sizes = sorted(sizes)
+        size_t = torch.tensor(sizes, device=values.device)
+        bucket = torch.bucketize(counts, size_t)                            # index of the first size ≥ count
+        d = values.shape[1]
+        for b, Lb in enumerate(sizes):
+            rows = torch.nonzero((bucket == b) & (counts > 0)).squeeze(1)   # segments in this bucket
+            if rows.numel() == 0:
+                continue
+            where = torch.full((S,), -1, dtype=torch.long, device=values.device)
+            where[rows] = torch.arange(rows.numel(), device=values.device)
+            r = where[segment]
+            ev = torch.nonzero(r >= 0).squeeze(1)
+            slot = Lb - counts[segment[ev]] + pos[ev]                          # left padding
+            flat = r[ev] * Lb + slot
+            padded = values.new_zeros(rows.numel() * Lb, d).index_copy(0, flat, values[ev]).view(-1, Lb, d)
+            mask = torch.zeros(rows.numel() * Lb, dtype=torch.bool, device=values.device)
+            mask[flat] = True
+            out = out.index_copy(0, rows, self.forward(padded, mask.view(-1, Lb), target[rows]))
+        return out
+
 
 class MeanPooling(SequenceEncoder):
     """``Σ_l m_l e_l / max(Σ_l m_l, 1) : [B, d]`` (ignores the target)."""
@@ -38,6 +84,13 @@ class MeanPooling(SequenceEncoder):
     def forward(self, seq, mask, target):
         m = mask.unsqueeze(-1).to(seq.dtype)
         return (seq * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward_packed(self, values, segment, target, *, growth: float = 2.0):
+        """Exact packing: ``scatter_add`` of the ``N`` events, divided by each segment's count."""
+        S, d = target.shape[0], values.shape[1]
+        total = values.new_zeros(S, d).index_add(0, segment, values)
+        n = torch.bincount(segment, minlength=S).to(values.dtype).clamp_min(1.0)
+        return total / n.unsqueeze(-1)
 
 
 class TargetAttention(SequenceEncoder):
@@ -63,6 +116,20 @@ class TargetAttention(SequenceEncoder):
         else:
             w = scores * mask.to(scores.dtype)
         return torch.bmm(w.unsqueeze(1), seq).squeeze(1)
+
+    def forward_packed(self, values, segment, target, *, growth: float = 2.0):
+        """Exact packing: the activation unit runs on the ``N`` real events (``q = target[segment]``) and the
+        weighted sum is a ``scatter_add`` per segment (the softmax variant normalises per segment)."""
+        S, d = target.shape[0], values.shape[1]
+        q = target.index_select(0, segment)
+        scores = self.att(torch.cat([values, q, values - q, values * q], dim=-1)).squeeze(-1)   # [N]
+        if self.softmax:
+            top = scores.new_full((S,), float("-inf")).scatter_reduce(0, segment, scores.detach(), "amax")
+            e = torch.exp(scores - top.index_select(0, segment))
+            w = e / e.new_zeros(S).index_add(0, segment, e).index_select(0, segment)
+        else:
+            w = scores
+        return values.new_zeros(S, d).index_add(0, segment, values * w.unsqueeze(-1))
 
 
 class TransformerSequenceEncoder(SequenceEncoder):

@@ -248,3 +248,20 @@ def test_cli_valid_from_train_reaches_the_tune_and_needs_cli_data(tmp_path, caps
                str(tmp_path / "u")])
     assert rc != 0
     assert "--valid-from-train needs the data" in capsys.readouterr().err
+
+
+def test_a_preset_row_label_is_a_tunable_model(tmp_path):
+    """``--model mos-din`` on a dataset whose presets have that row: the zoo model is mos, with the row's params."""
+    from rankcraft.parallel import SequentialExecutor
+    from rankcraft.search.tune import Tuner
+
+    cfg = TuneConfig.parse({"data": {"recipe": "ml-100k-seq"}, "model": "moe-din",
+                            "param_ranges": {"num_themes": {"type": "choice", "choices": [2, 4]}}})
+    tuner = Tuner(cfg, tmp_path, TrialStore(tmp_path / "t.db", objectives=1), SequentialExecutor(), progress=False)
+    assert tuner.model == "mos"
+    assert tuner.base_params["backbone"] == "din" and tuner.base_params["mixture"] == "dense"
+    params, _ = tuner.candidate({"params.num_themes": tuner.dists["params.num_themes"].choices[1]})
+    assert params["num_themes"] == 4 and params["mixture"] == "dense"
+    with pytest.raises(ConfigError, match="mos-foo"):
+        TuneConfig.parse({"data": {"recipe": "ml-100k-seq"}, "model": "mos-foo",
+                          "param_ranges": {"dropout": {"type": "float", "low": 0, "high": 0.5}}})

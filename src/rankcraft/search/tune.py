@@ -192,7 +192,9 @@ class TuneConfig(_Strict):
             DataSpec.model_validate(cfg.data)
         except ValidationError as exc:
             raise ConfigError(f"{origin}: invalid tune config:\n{format_validation_error(exc, obj)}") from None
-        model_class(cfg.model)  # unknown model -> ConfigError listing the zoo
+        preset = preset_for(str(cfg.data.get("recipe") or ""), cfg.model) if cfg.use_preset else None
+        # a zoo model, or a row label of the dataset's presets (e.g. mos-din: model mos with backbone din)
+        model_class(preset["model"] if preset and preset["row"] else cfg.model)  # unknown -> error listing the zoo
         return cfg
 
     def to_dict(self) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rankcraft.data.delays import delay_label_values
 from rankcraft.data.features import FeatureInfo, FeatureSet, label_key
 from rankcraft.data.readers import RawTable
 from rankcraft.data.schema import FeatureSpec, LabelSpec, Schema
@@ -282,13 +283,14 @@ class Encoders:
         if labels:
             first = None
             for spec in self.schema.labels:
-                y, problems = label_values(raw, spec)
+                values, problems = labels_of(raw, spec)
                 if problems:  # validate_table ran first, so this only happens for unvalidated tables
-                    row, why = problems[0]
-                    raise raw.error(row, spec.raw_column, why)
-                out[label_key(spec.name)] = y.astype(np.float32)
-                if first is None and spec.kind != "weight":
-                    first = out[label_key(spec.name)]
+                    row, column, why = problems[0]
+                    raise raw.error(row, column, why)
+                for name, y in values.items():
+                    out[label_key(name)] = y.astype(np.float32)
+                    if first is None and spec.outputs[name] != "weight":
+                        first = out[label_key(name)]
             if first is not None:
                 out["label"] = first
         cats, nums = [], []
@@ -353,7 +355,7 @@ class Encoders:
                 embedding_table=spec.share_vocab_with or spec.name,
                 has_timestamps=spec.timestamp_column is not None))
         return FeatureSet(features=tuple(infos), labels=tuple(self.schema.label_names),
-                          label_kinds={lab.name: lab.kind for lab in self.schema.labels},
+                          label_kinds=self.schema.label_kinds,
                           has_group=self.schema.user_column is not None)
 
     # ------------------------------------------------------------------ JSON
@@ -438,13 +440,22 @@ def label_values(raw: RawTable, spec: LabelSpec) -> tuple[np.ndarray, list[tuple
     return y, sorted(problems)
 
 
+def labels_of(raw: RawTable, spec: LabelSpec) -> tuple[dict[str, np.ndarray], list[tuple[int, str, str]]]:
+    """The label columns ``spec`` produces (name → float64 values; a delay label derives several, see
+    :mod:`rankcraft.data.delays`) and every bad row as ``(row, column, reason)``."""
+    if spec.kind == "delay":
+        return delay_label_values(raw, spec)
+    y, problems = label_values(raw, spec)
+    return {spec.name: y}, [(r, spec.raw_column, why) for r, why in problems]
+
+
 def validate_table(raw: RawTable, schema: Schema, *, labels: bool = True, partial: bool = False) -> RawTable:
     """Find bad labels and unparseable numbers. ``on_error: raise`` → :class:`DataError` at the first bad cell
     (file, line, column); ``skip`` → the rows are dropped and recorded in ``raw.skipped``. ``partial``: check only
     the features whose raw column the table has (a scoring request's shared user/context block)."""
     problems: list[tuple[int, str, str]] = []  # (row, column, reason)
     for spec in schema.labels if labels else []:
-        problems += [(r, spec.raw_column, why) for r, why in label_values(raw, spec)[1]]
+        problems += labels_of(raw, spec)[1]
         if problems and schema.on_error == "raise":
             break
     for spec in schema.features:

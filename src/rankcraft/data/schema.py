@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -33,6 +34,7 @@ from pydantic import (
 )
 
 from rankcraft.config import format_validation_error, read_yaml_file
+from rankcraft.data.delays import derived_label_kinds, parse_duration, window_suffix
 from rankcraft.errors import ConfigError
 
 FeatureType = Literal["categorical", "numeric", "multi_categorical", "sequence"]
@@ -102,7 +104,7 @@ class FeatureSpec(_Strict):
         return self
 
 
-LabelKind = Literal["binary", "soft", "regression", "weight"]
+LabelKind = Literal["binary", "soft", "regression", "weight", "delay"]
 
 
 class LabelSpec(_Strict):
@@ -116,6 +118,14 @@ class LabelSpec(_Strict):
     * ``map``: raw value (as written in the file, surrounding spaces ignored) → number, applied before
       validation, e.g. ``{yes: 1, no: 0}``; a value missing from the map is an error naming the cell.
 
+    * ``delay``: delayed conversions (:mod:`rankcraft.data.delays`). ``click_time`` names the click's time column;
+      ``column`` holds the conversion time (empty = no conversion observed), or the delay itself when
+      ``delay_unit`` (``s``/``m``/``h``/``d``) is given; ``windows`` lists the fixed attribution windows
+      (``[1d, 7d]``); ``observed_at`` is when the log was cut (``latest``, the default: the latest time in the
+      table; or a unix time / ISO date). It derives the labels ``<name>_<window>`` (binary),
+      ``<name>_<window>_mature`` (weight: the window has elapsed), ``<name>_observed`` and
+      ``<name>_elapsed_days``; objectives name those.
+
     A plain string in ``labels`` is shorthand for ``{name: <string>}`` (a binary label).
     """
 
@@ -124,6 +134,11 @@ class LabelSpec(_Strict):
     kind: LabelKind = "binary"
     threshold: float | None = None
     map: dict[str, float] | None = None
+    # kind delay only
+    click_time: str | None = None
+    delay_unit: Literal["s", "m", "h", "d"] | None = None
+    windows: list[str | float] | None = None
+    observed_at: str | float | None = None
 
     @property
     def raw_column(self) -> str:
@@ -137,7 +152,39 @@ class LabelSpec(_Strict):
             raise ValueError(f"label '{self.name}': 'threshold' makes a binary label; kind is {self.kind}")
         if self.threshold is not None and self.map is not None:
             raise ValueError(f"label '{self.name}': give 'threshold' or 'map', not both")
+        delay_only = [k for k in ("click_time", "delay_unit", "windows", "observed_at") if getattr(self, k) is not None]
+        if self.kind != "delay":
+            if delay_only:
+                raise ValueError(f"label '{self.name}': {', '.join(delay_only)} belong to kind 'delay' labels")
+            return self
+        if self.threshold is not None or self.map is not None:
+            raise ValueError(f"label '{self.name}': a delay label takes no 'threshold' or 'map'")
+        if not self.click_time:
+            raise ValueError(f"label '{self.name}': a delay label needs 'click_time' (the click's time column)")
+        if not self.windows:
+            raise ValueError(f"label '{self.name}': a delay label needs 'windows', e.g. [1d, 7d]")
+        seconds = [parse_duration(w) for w in self.windows]  # ValueError names a bad window
+        if len(set(seconds)) != len(seconds) or len({window_suffix(w) for w in self.windows}) != len(seconds):
+            raise ValueError(f"label '{self.name}': windows {self.windows} repeat a window")
+        if isinstance(self.observed_at, str) and self.observed_at != "latest":
+            try:
+                np.datetime64(self.observed_at.rstrip("Z").replace(" ", "T"), "s")
+            except ValueError:
+                raise ValueError(f"label '{self.name}': observed_at {self.observed_at!r} is not 'latest', a unix "
+                                 "time or an ISO date/time") from None
         return self
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """The label columns this spec produces, name → kind (a delay label derives several)."""
+        if self.kind != "delay":
+            return {self.name: self.kind}
+        return derived_label_kinds(self)
+
+    @property
+    def raw_columns(self) -> list[str]:
+        """Every raw column the label reads."""
+        return [self.raw_column] + ([self.click_time] if self.click_time else [])
 
 
 def _label_spec(v: object) -> object:
@@ -184,12 +231,17 @@ class Schema(_Strict):
     # ------------------------------------------------------------------ helpers
     @property
     def label_names(self) -> list[str]:
-        return [lab.name for lab in self.labels]
+        """The label columns the data will have (a delay label's derived labels in its place)."""
+        return [name for lab in self.labels for name in lab.outputs]
+
+    @property
+    def label_kinds(self) -> dict[str, str]:
+        return {name: kind for lab in self.labels for name, kind in lab.outputs.items()}
 
     @property
     def label_columns(self) -> list[str]:
         """The raw columns the labels are read from (no duplicates)."""
-        return list(dict.fromkeys(lab.raw_column for lab in self.labels))
+        return list(dict.fromkeys(c for lab in self.labels for c in lab.raw_columns))
 
     def required_columns(self) -> list[str]:
         cols = list(self.label_columns)

@@ -221,3 +221,56 @@ def test_fit_shrinks_small_advertisers_and_predict_methods():
         WindowInterpolator([7.0])
     with pytest.raises(ValueError, match="method"):
         WindowInterpolator([1.0, 7.0], method="cubic")
+
+
+# ------------------------------------------------------------------------------------------------ a run serves windows
+def test_a_run_with_window_heads_serves_any_window(tmp_path, capsys):
+    import pyarrow.csv as pacsv
+
+    from rankcraft.cli.main import main
+    from rankcraft.data.delayed import delayed_splits, make_delayed_conversions
+
+    run = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("""
+data: {recipe: delayed-conversions, options: {clicks: 8000, seed: 2}}
+model: sharedbottom
+params: {embedding_dim: 4, bottom_units: [16], tower_units: [8], tasks: [w1d, w7d]}
+objective:
+  type: multitask
+  tasks:
+    - {name: w1d, label: conv_1d, weight_column: conv_1d_mature}
+    - {name: w7d, label: conv_7d, weight_column: conv_7d_mature}
+train: {epochs: 2, batch_size: 512, quiet: true}
+windows: {group: advertiser}
+""")
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--quiet"]) == 0
+    import json
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["windows"]["heads"] == ["w1d", "w7d"] and report["windows"]["anchors_days"] == [1.0, 7.0]
+    assert report["windows"]["groups"] > 10
+    table, _ = make_delayed_conversions(8000, seed=2)
+    test = delayed_splits(table)["test"].drop_columns(["click_time", "conversion_time", "true_p",
+                                                       "true_delay_days", "true_beta", "family"])
+    pacsv.write_csv(test, tmp_path / "new.csv")
+    from rankcraft import api
+
+    heads = api.predict(run, tmp_path / "new.csv")
+    p3 = api.predict(run, tmp_path / "new.csv", window="3d")
+    lo, hi = np.minimum(heads["w1d"], heads["w7d"]), np.maximum(heads["w1d"], heads["w7d"])
+    assert p3.shape == heads["w1d"].shape and np.all(p3 >= lo - 1e-6) and np.all(p3 <= hi + 1e-6)
+    np.testing.assert_allclose(api.predict(run, tmp_path / "new.csv", window="7d"), heads["w7d"], rtol=1e-6)
+    assert main(["predict", str(run), str(tmp_path / "new.csv"), "--window", "36h",
+                 "--out", str(tmp_path / "s.csv")]) == 0
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == '"window_36h"'
+    for bad, message in (("30d", "serves windows up to 14 days"), ("2 weeks", "expected a duration")):
+        assert main(["predict", str(run), str(tmp_path / "new.csv"), "--window", bad]) != 0
+        assert message in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    (plain).mkdir()
+    for f in run.iterdir():
+        if f.name != "windows.json" and f.is_file():
+            (plain / f.name).write_bytes(f.read_bytes())
+    assert main(["predict", str(plain), str(tmp_path / "new.csv"), "--window", "3d"]) != 0
+    assert "serves no window" in capsys.readouterr().err

@@ -355,7 +355,7 @@ def cmd_predict(args) -> int:
     from rankcraft import api
 
     _check_run_config(args.run_dir)
-    p = api.predict(args.run_dir, args.file, args.out)
+    p = api.predict(args.run_dir, args.file, args.out, window=args.window)
     heads = p if isinstance(p, dict) else {"score": p}
     n = len(next(iter(heads.values())))
     if args.out is None:
@@ -549,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir")
     pr.add_argument("file")
     pr.add_argument("--out", help="CSV to write (one 'score' column); default: print")
+    pr.add_argument("--window", metavar="DURATION", help="conversion probability within this attribution window "
+                    "(e.g. 3d, 36h), interpolated from a run's fixed-window heads (docs/windows.md)")
     pr.set_defaults(func=cmd_predict)
 
     x = sub.add_parser("export", help="export a trained run as a self-contained ONNX artifact",

@@ -15,7 +15,9 @@ from rankcraft.errors import ConfigError
 from rankcraft.files import atomic_write_bytes
 from rankcraft.training.evaluation import evaluate as evaluate_data
 from rankcraft.training.evaluation import predict_heads
+from rankcraft.data.delays import parse_duration, window_suffix
 from rankcraft.training.run import load_run
+from rankcraft.training.windows import check_window, group_ids, load_windows, predict_window
 
 
 def nest_by_head(metrics: dict) -> dict:
@@ -45,17 +47,31 @@ def evaluate(run_dir: str | Path, file: str | Path) -> dict:
     return m
 
 
-def predict(run_dir: str | Path, file: str | Path, out: str | Path | None = None) -> np.ndarray | dict:
+def predict(run_dir: str | Path, file: str | Path, out: str | Path | None = None, *,
+            window: str | None = None) -> np.ndarray | dict:
     """Predictions for every row of ``file`` in input order; labels are not needed (absent or blank label columns
     are fine). A one-head run returns the probabilities as an array; a multi-head run a ``{head: array}`` dict.
+    ``window`` (e.g. ``"3d"``, a run with fixed-window heads and a ``windows`` section): the conversion probability
+    within that window as one column ``window_<T>``, interpolated from the heads (training/windows.py).
     With ``out``, a CSV with one column per head (``score`` for a one-head model) is written atomically."""
     run = load_run(run_dir)
+    wi = None
+    if window is not None:
+        try:
+            T = parse_duration(window) / 86400.0
+        except ValueError as exc:
+            raise ConfigError(f"--window: {exc}") from None
+        wi, wcfg, wheads = load_windows(Path(run_dir))
+        check_window(wi, wcfg, T, window)
     data, raw = encode_file(run.encoders, file, require_labels=False)
     if raw.skipped:
         raise ConfigError(f"{file}: {len(raw.skipped)} row(s) could not be read; predictions must cover every row "
                           f"({describe_skips(raw)})")
     heads = predict_heads(run.model, data, run.objective, batch_size=run.config.train.eval_batch_size,
                           progress=True)
+    if wi is not None:
+        groups = group_ids(run.features, data.columns, wcfg.group)
+        heads = {f"window_{window_suffix(window)}": predict_window(wi, wheads, heads, T, groups)}
     if out is not None:
         buf = io.BytesIO()
         pacsv.write_csv(pa.table({h: pa.array(p.astype(np.float64)) for h, p in heads.items()}), buf)

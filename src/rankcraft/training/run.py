@@ -44,6 +44,7 @@ from rankcraft.training.evaluation import evaluate as evaluate_data
 from rankcraft.training.loops import FitResult, StreamLoop
 from rankcraft.training.objectives import Objective, ObjectiveConfig, build_objective
 from rankcraft.training.profile import count_parameters, flops_per_example, slice_batch
+from rankcraft.training.windows import WindowsConfig, fit_windows, save_windows, window_tasks
 from rankcraft.training.trainer import TrainConfig, Trainer
 
 
@@ -72,11 +73,16 @@ class RunConfig(BaseModel):
     #: warm start (incremental training): a finished stream run directory whose weights and frozen encoders this
     #: run starts from; it trains on the partitions after the last one that run trained on
     init_from: str | None = None
+    #: serve any conversion window from fixed-window heads (training/windows.py); absent: heads only
+    windows: WindowsConfig | None = None
 
     @classmethod
     def parse(cls, obj: dict, origin: str = "<config>") -> "RunConfig":
         cfg = parse_model(cls, obj, origin)
         validate_params(cfg.model, cfg.params)
+        if cfg.windows is not None and cfg.data.partitions is not None:
+            raise ConfigError(f"{origin}: 'windows' is fitted on an ordinary training split; stream runs "
+                              "(data.partitions) do not fit it yet")
         return cfg
 
     @classmethod
@@ -340,6 +346,13 @@ def _train(config: RunConfig, run_dir: Path | None, *, resume: bool, cache_dir: 
         m = evaluate_data(model, data.splits["test"], objective, batch_size=config.train.eval_batch_size,
                           bf16=config.train.bf16)
         report["test"] = objective_metrics(m, objective)
+    if config.windows is not None and not stream:
+        wtasks = window_tasks(data.encoders.schema, objective)
+        wi = fit_windows(config.windows, data.encoders.schema, objective, data.features, data.splits["train"])
+        report["windows"] = {"anchors_days": wi.anchors, "heads": [t[0] for t in wtasks],
+                             "pooled_beta_per_day": wi.global_beta, "groups": len(wi.betas)}
+        if writes:
+            save_windows(run_dir, wi, config.windows, wtasks)
     if writes:
         atomic_write_json(run_dir / "report.json", report)
         if fit.history:

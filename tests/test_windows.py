@@ -274,3 +274,23 @@ windows: {group: advertiser}
             (plain / f.name).write_bytes(f.read_bytes())
     assert main(["predict", str(plain), str(tmp_path / "new.csv"), "--window", "3d"]) != 0
     assert "serves no window" in capsys.readouterr().err
+
+
+def test_delayed_feedback_loss_is_the_exponential_likelihood(delayed):
+    from rankcraft.models.output import ModelOutput
+    from rankcraft.training.objectives import build_objective
+
+    _, data = delayed
+    obj = build_objective({"type": "delayed_feedback", "label": "conv"}, data.features)
+    assert obj.heads == ["conversion", "delay_rate"]
+    z, r = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([0.0, 0.5, -0.7])
+    batch = {"label/conv_observed": torch.tensor([1.0, 0.0, 0.0]),
+             "label/conv_elapsed_days": torch.tensor([2.0, 3.0, 0.5])}
+    loss, _ = obj.loss(ModelOutput({"conversion": z, "delay_rate": r}), batch)
+    p, lam, t = torch.sigmoid(z), torch.exp(r), batch["label/conv_elapsed_days"]
+    expected = torch.stack([-(torch.log(p[0]) + torch.log(lam[0]) - lam[0] * t[0]),
+                            -torch.log(1 - p[1] + p[1] * torch.exp(-lam[1] * t[1])),
+                            -torch.log(1 - p[2] + p[2] * torch.exp(-lam[2] * t[2]))]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="not a label of kind 'delay'.*conv"):
+        build_objective({"type": "delayed_feedback", "label": "click"}, data.features)

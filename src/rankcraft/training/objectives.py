@@ -19,6 +19,14 @@ CVR task on clicked rows only: ``weight_column: click``; rows with ``ω_i = 0`` 
 ``L_t = Σ_i ω_i ℓ(z_i, y_i) / max(Σ_i ω_i, 1e-12)``; ``ℓ`` is BCE with logits for binary/soft tasks and squared
 error for regression tasks. Heads without a task (e.g. ESMM's CVR) are predicted but not supervised.
 
+* ``delayed_feedback``: Chapelle (2014) on a ``delay`` label ``label`` (:mod:`rankcraft.data.delays`): heads
+  ``conversion`` (logit ``z``, the eventual conversion probability ``p = σ(z)``) and ``delay_rate`` (``r = log λ``
+  of an exponential delay, per day). With ``c`` = a conversion observed by the log's cut and ``t`` = its delay
+  (``c = 1``) or the time elapsed since the click (``c = 0``), both in days, the loss is the negative
+  log-likelihood ``−[log p + r − λ t]`` for ``c = 1`` and ``−log(1 − p + p e^{−λ t})`` for ``c = 0``. The
+  probability of a conversion within a window ``T`` is ``p (1 − e^{−λ T})``. Metrics: the conversion head against
+  ``c`` (``conversion/auc`` …, and ``mean/*`` equal to them).
+
 Metric names: single-head objectives report ``auc``, ``logloss``, ``ne``, ``calibration``, ``rows`` (and ``gauc``
 with a user column), exactly as before multi-task support. Multi-task objectives report ``<task>/<metric>`` for
 every task (``mse``/``mae`` for regression tasks) plus ``mean/auc`` and ``mean/logloss``, the
@@ -111,8 +119,16 @@ class MultiTaskObjectiveConfig(_Strict):
         return self
 
 
-ObjectiveConfig = Annotated[Union[BinaryObjectiveConfig, SoftLabelObjectiveConfig, MultiTaskObjectiveConfig],
-                            Field(discriminator="type")]
+class DelayedFeedbackObjectiveConfig(_Strict):
+    """Chapelle (2014)'s delayed-feedback model on a ``delay`` label named ``label`` (see the module docstring)."""
+
+    type: Literal["delayed_feedback"]
+    label: str = Field(min_length=1)
+    max_log_rate: float = 6.0  # log λ is clamped to [−max_log_rate, max_log_rate] (per day)
+
+
+ObjectiveConfig = Annotated[Union[BinaryObjectiveConfig, SoftLabelObjectiveConfig, MultiTaskObjectiveConfig,
+                                  DelayedFeedbackObjectiveConfig], Field(discriminator="type")]
 
 
 # ------------------------------------------------------------------------------------------------ runtime
@@ -294,6 +310,45 @@ class Objective(nn.Module):
 
 
 
+class DelayedFeedbackObjective(Objective):
+    """The ``delayed_feedback`` objective (module docstring)."""
+
+    def __init__(self, label: str, *, has_group: bool, max_log_rate: float = 6.0):
+        super().__init__([Task("conversion", label_key(f"{label}_observed"), "binary"),
+                          Task("delay_rate", label_key(f"{label}_elapsed_days"), "regression")],
+                         single=False, has_group=has_group)
+        self.max_log_rate = max_log_rate
+
+    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        z = self.head_of(self.tasks[0], out).float()
+        r = self.head_of(self.tasks[1], out).float().clamp(-self.max_log_rate, self.max_log_rate)
+        c, t = batch[self.tasks[0].label], batch[self.tasks[1].label]
+        lam_t = torch.exp(r) * t
+        log_p = nn.functional.logsigmoid(z)
+        converted = -(log_p + r - lam_t)
+        waiting = -torch.logaddexp(nn.functional.logsigmoid(-z), log_p - lam_t)
+        total = torch.where(c > 0.5, converted, waiting).mean()
+        if out.aux_loss is not None:
+            total = total + out.aux_loss.float()
+        return total, {"nll": float(total.detach())}
+
+    def metrics(self, preds: dict[str, np.ndarray], columns: dict[str, torch.Tensor]) -> dict:
+        y = columns[self.tasks[0].label].numpy()
+        group = columns["group"].numpy() if self.has_group and "group" in columns else None
+        m = compute_metrics(y, preds["conversion"], group) if len(y) else {"rows": 0}
+        out = {f"conversion/{k}": (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in m.items()}
+        out["mean/auc"], out["mean/logloss"] = out.get("conversion/auc"), out.get("conversion/logloss")
+        return out
+
+    def metric_names(self) -> list[str]:
+        return [f"conversion/{b}" for b in ["auc", "logloss", "ne", "calibration"]
+                + (["gauc"] if self.has_group else [])] + ["mean/auc", "mean/logloss"]
+
+    @property
+    def default_monitor(self) -> str:
+        return "conversion/logloss"
+
+
 # ------------------------------------------------------------------------------------------------ building
 def default_objective() -> Objective:
     """Binary cross-entropy on the batch's ``"label"`` column (the first non-weight label): what a model without
@@ -328,6 +383,14 @@ def build_objective(config: BaseModel | dict | None, features: FeatureSet) -> Ob
             raise ConfigError(f"objective: invalid:\n{format_validation_error(exc, obj)}") from None
     kinds = features.label_kinds
     targets = features.targets
+    if isinstance(config, DelayedFeedbackObjectiveConfig):
+        for suffix in ("observed", "elapsed_days"):
+            if f"{config.label}_{suffix}" not in kinds:
+                delays = sorted({n.rsplit("_", 1)[0] for n in kinds if n.endswith("_observed")})
+                raise ConfigError(f"objective.label: '{config.label}' is not a label of kind 'delay' (the schema's "
+                                  f"delay labels: {', '.join(delays) or 'none'})")
+        return DelayedFeedbackObjective(config.label, has_group=features.has_group,
+                                        max_log_rate=config.max_log_rate)
     if isinstance(config, BinaryObjectiveConfig):
         if config.label is None:
             if len(targets) > 1:

@@ -294,3 +294,26 @@ def test_delayed_feedback_loss_is_the_exponential_likelihood(delayed):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ConfigError, match="not a label of kind 'delay'.*conv"):
         build_objective({"type": "delayed_feedback", "label": "click"}, data.features)
+
+
+def test_taobao_view_to_buy_recipe_and_maturity_on_real_timestamps():
+    from conftest import shared
+
+    path = shared("taobao-userbehavior-84k")
+    src = get_source("taobao-conversions", str(path))
+    raw = src.load_raw()
+    data = prepare(src, cache_dir=None)
+    end = 1_511_539_200 + 9 * DAY
+    for split in ("train", "valid", "test"):
+        t = raw[split].table
+        click = np.array(t.column("click_time").to_pylist(), dtype=np.int64)
+        conv = np.array([int(x) if x else -1 for x in t.column("conversion_time").to_pylist()])
+        c = data.splits[split].columns
+        assert (conv[conv >= 0] >= click[conv >= 0]).all()  # every conversion follows its click
+        for w, sec in (("1h", 3600), ("1d", DAY), ("3d", 3 * DAY)):
+            np.testing.assert_array_equal(c[f"label/buy_{w}_mature"].numpy(), (end - click >= sec).astype(np.float32))
+            np.testing.assert_array_equal(c[f"label/buy_{w}"].numpy(),
+                                          ((conv >= 0) & (conv - click <= sec)).astype(np.float32))
+    # the test day's long windows cannot be mature at the end of the log; the training days' short ones all are
+    assert data.splits["test"].columns["label/buy_3d_mature"].sum() == 0
+    assert data.splits["train"].columns["label/buy_1d_mature"].min() == 1

@@ -38,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 
 from rankcraft.data.delayed import advertiser_delays, delay_cdf, delayed_truth
 from rankcraft.data.spec import DataSpec, prepare_spec
-from rankcraft.models.windows import WindowInterpolator
+from rankcraft.data.windows import WindowInterpolator
 from rankcraft.training.evaluation import predict_heads
 from rankcraft.training.run import RunConfig, train
 

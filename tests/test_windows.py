@@ -14,7 +14,7 @@ from rankcraft.data.delayed import FAMILIES, delay_cdf, delayed_truth
 from rankcraft.data.encoders import validate_table
 from rankcraft.data.schema import Schema
 from rankcraft.errors import ConfigError, DataError
-from rankcraft.models.windows import WindowInterpolator, exp_alpha, solve_beta, window_ratio
+from rankcraft.data.windows import WindowInterpolator, exp_alpha, solve_beta, window_ratio
 
 DAY = 86400
 
@@ -273,7 +273,7 @@ windows: {group: advertiser}
         if f.name != "windows.json" and f.is_file():
             (plain / f.name).write_bytes(f.read_bytes())
     assert main(["predict", str(plain), str(tmp_path / "new.csv"), "--window", "3d"]) != 0
-    assert "serves no window" in capsys.readouterr().err
+    assert "serves no conversion window" in capsys.readouterr().err
 
 
 def test_delayed_feedback_loss_is_the_exponential_likelihood(delayed):
@@ -317,3 +317,42 @@ def test_taobao_view_to_buy_recipe_and_maturity_on_real_timestamps():
     # the test day's long windows cannot be mature at the end of the log; the training days' short ones all are
     assert data.splits["test"].columns["label/buy_3d_mature"].sum() == 0
     assert data.splits["train"].columns["label/buy_1d_mature"].min() == 1
+
+
+def test_the_scoring_server_takes_a_window_per_candidate(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from rankcraft import api
+    from rankcraft.data.delayed import delayed_splits, make_delayed_conversions
+    from rankcraft.serving.export import export_run
+    from rankcraft.serving.server import ClientError, ScoringService
+
+    run = tmp_path / "run"
+    api.train({"data": {"recipe": "delayed-conversions", "options": {"clicks": 6000, "seed": 4}},
+               "model": "sharedbottom",
+               "params": {"embedding_dim": 4, "bottom_units": [16], "tower_units": [8], "tasks": ["w1d", "w7d"]},
+               "objective": {"type": "multitask", "tasks": [
+                   {"name": "w1d", "label": "conv_1d", "weight_column": "conv_1d_mature"},
+                   {"name": "w7d", "label": "conv_7d", "weight_column": "conv_7d_mature"}]},
+               "train": {"epochs": 1, "batch_size": 512, "quiet": True},
+               "windows": {"group": "advertiser"}}, out=run)
+    art = export_run(run, tmp_path / "art")
+    service = ScoringService(art)
+    table, _ = make_delayed_conversions(6000, seed=4)
+    rows = delayed_splits(table)["test"].slice(0, 6).select(["advertiser", "f1", "f2", "f3", "f4", "f5", "f6"])
+    cands = rows.to_pylist()
+    windows = ["3d", "3d", "36h", "7d", "2d", "3d"]
+    body, n = service.score({"candidates": [{**c, "window": w} for c, w in zip(cands, windows)]})
+    assert n == 6 and len(body["window_scores"]) == 6
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(rows, tmp_path / "rows.csv")
+    for w in set(windows):
+        want = api.predict(run, tmp_path / "rows.csv", window=w)
+        got = [body["window_scores"][i] for i, x in enumerate(windows) if x == w]
+        np.testing.assert_allclose(got, want[[i for i, x in enumerate(windows) if x == w]], atol=1e-5)
+    top, _ = service.score({"window": "7d", "candidates": cands})
+    np.testing.assert_allclose(top["window_scores"], top["scores"]["w7d"], atol=1e-6)
+    with pytest.raises(ClientError, match="serves windows up to 14 days"):
+        service.score({"window": "30d", "candidates": cands})
+    with pytest.raises(ClientError, match="needs a window"):
+        service.score({"candidates": [{**cands[0], "window": "3d"}, cands[1]]})

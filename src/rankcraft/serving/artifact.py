@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from rankcraft.data.encoders import Encoders, validate_table
 from rankcraft.data.readers import RawTable
+from rankcraft.data.windows import WINDOWS_FILE, group_column, read_windows, serve_windows
 from rankcraft.errors import ConfigError, DataError
 
 SUPPORTED_FORMATS = (1,)
@@ -63,6 +64,21 @@ class Artifact:
             self.inputs = [i.name for i in self.session.get_inputs()]
         #: the raw columns a request must be able to provide (labels are not needed)
         self.raw_columns = [c for c in self.schema.required_columns() if c not in self.schema.label_columns]
+        #: (interpolator, config, anchor heads) when the run serves any conversion window, else None
+        self.windows = read_windows(self.directory) if (self.directory / WINDOWS_FILE).exists() else None
+        features = json.loads((self.directory / "features.json").read_text())["features"]
+        self.categorical = [f["name"] for f in features if f["kind"] == "categorical"]
+
+    def score_windows(self, columns: dict[str, np.ndarray], scores: dict[str, np.ndarray], windows: list[str]
+                      ) -> np.ndarray:
+        """The conversion probability within each row's window (``windows[i]``, e.g. ``"3d"``) from the
+        anchor heads' ``scores``; a window the artifact cannot serve is a ConfigError naming it."""
+        if self.windows is None:
+            raise ConfigError("this model serves no conversion window (export a run trained with fixed-window "
+                              "heads and a 'windows:' section)")
+        wi, cfg, heads = self.windows
+        groups = group_column(self.categorical, columns["cat"], cfg.get("group"))
+        return serve_windows(wi, heads, scores, windows, groups, cfg.get("max_window_days")).astype(np.float32)
 
     @property
     def version(self) -> str:

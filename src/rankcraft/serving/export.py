@@ -43,6 +43,7 @@ from rankcraft.errors import RankcraftError
 from rankcraft.files import atomic_write_json
 from rankcraft.models.output import as_output
 from rankcraft.training.objectives import Objective
+from rankcraft.data.windows import WINDOWS_FILE
 from rankcraft.training.run import load_run
 
 EXPORT_FORMAT = 1
@@ -132,6 +133,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, fmt: str = "onnx", check
                               "sample rows); it likely depends on the data in a way tracing cannot keep")
         (tmp / "encoders.json").write_text(run.encoders.to_json())
         (tmp / "features.json").write_text(json.dumps(run.features.to_dict()))
+        if (Path(run_dir) / WINDOWS_FILE).exists():  # the run serves any conversion window (training/windows.py)
+            (tmp / WINDOWS_FILE).write_bytes((Path(run_dir) / WINDOWS_FILE).read_bytes())
         manifest = {
             "format": EXPORT_FORMAT,
             "kind": fmt,

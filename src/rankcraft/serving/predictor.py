@@ -15,9 +15,10 @@ from rankcraft.errors import ConfigError
 from rankcraft.files import atomic_write_bytes
 from rankcraft.training.evaluation import evaluate as evaluate_data
 from rankcraft.training.evaluation import predict_heads
-from rankcraft.data.delays import parse_duration, window_suffix
+from rankcraft.data.delays import window_suffix
+from rankcraft.data.windows import check_window, window_days
 from rankcraft.training.run import load_run
-from rankcraft.training.windows import check_window, group_ids, load_windows, predict_window
+from rankcraft.training.windows import group_ids, load_windows
 
 
 def nest_by_head(metrics: dict) -> dict:
@@ -57,12 +58,9 @@ def predict(run_dir: str | Path, file: str | Path, out: str | Path | None = None
     run = load_run(run_dir)
     wi = None
     if window is not None:
-        try:
-            T = parse_duration(window) / 86400.0
-        except ValueError as exc:
-            raise ConfigError(f"--window: {exc}") from None
+        T = window_days(window)
         wi, wcfg, wheads = load_windows(Path(run_dir))
-        check_window(wi, wcfg, T, window)
+        check_window(wi, wcfg.max_window_days, T, window)
     data, raw = encode_file(run.encoders, file, require_labels=False)
     if raw.skipped:
         raise ConfigError(f"{file}: {len(raw.skipped)} row(s) could not be read; predictions must cover every row "
@@ -71,7 +69,7 @@ def predict(run_dir: str | Path, file: str | Path, out: str | Path | None = None
                           progress=True)
     if wi is not None:
         groups = group_ids(run.features, data.columns, wcfg.group)
-        heads = {f"window_{window_suffix(window)}": predict_window(wi, wheads, heads, T, groups)}
+        heads = {f"window_{window_suffix(window)}": wi.predict([heads[h] for h in wheads], T, groups)}
     if out is not None:
         buf = io.BytesIO()
         pacsv.write_csv(pa.table({h: pa.array(p.astype(np.float64)) for h, p in heads.items()}), buf)

@@ -115,9 +115,10 @@ class ScoringService:
         """The request as (a table with one row per candidate, a one-row table of the shared values or None)."""
         if not isinstance(payload, dict):
             raise ClientError(422, "the body must be a JSON object with 'candidates'", "body")
-        unknown = [k for k in payload if k not in ("user", "context", "candidates")]
+        unknown = [k for k in payload if k not in ("user", "context", "candidates", "window")]
         if unknown:
-            raise ClientError(422, f"unknown key '{unknown[0]}' (expected user, context, candidates)", unknown[0])
+            raise ClientError(422, f"unknown key '{unknown[0]}' (expected user, context, candidates, window)",
+                              unknown[0])
         cands = payload.get("candidates")
         if not isinstance(cands, list):
             raise ClientError(422, "'candidates' must be a list of objects", "candidates")
@@ -159,15 +160,48 @@ class ScoringService:
         rows = pa.table(columns) if columns else pa.table({"__rows": pa.array([""] * len(cands), pa.string())})
         return rows, (pa.table(once) if once else None)
 
+    @staticmethod
+    def windows_of(payload: dict) -> list[str] | None:
+        """Each candidate's attribution window (its own ``window``, else the request's), or None when the request
+        asks for none."""
+        default = payload.get("window")
+        cands = payload["candidates"]
+        if default is None and not any("window" in c for c in cands):
+            return None
+        out = []
+        for i, c in enumerate(cands):
+            w = c.get("window", default)
+            if not isinstance(w, str) or not w.strip():
+                where = f"candidates[{i}].window" if "window" in c else "window"
+                raise ClientError(422, "every candidate needs a window such as \"3d\" once one is given "
+                                  f"(in the candidate or at the top level); got {w!r}", where)
+            out.append(w)
+        return out
+
     def score(self, payload: object) -> tuple[dict, int]:
         art = self.artifact  # this request's artifact, whatever a reload does meanwhile
+        windows = None
+        if isinstance(payload, dict) and isinstance(payload.get("candidates"), list) and \
+                all(isinstance(c, dict) for c in payload["candidates"]):
+            windows = self.windows_of(payload)
+            if windows is not None:  # the window is a request option, not a feature
+                payload = {**payload, "candidates": [{k: v for k, v in c.items() if k != "window"}
+                                                     for c in payload["candidates"]]}
+                payload.pop("window", None)
         table, shared = self.parse(payload, art)
         try:
-            scores = art.score_table(table, shared=shared)
+            columns = art.encode(table, shared=shared)
+            scores = art.score_columns(columns)
         except DataError as exc:
             raise ClientError(422, str(exc).removeprefix("<request>: "), getattr(exc, "column", None)) from None
         out = {h: [_finite(x) for x in v.tolist()] for h, v in scores.items()}
         body = {"scores": out[art.heads[0]] if len(art.heads) == 1 else out, "model": art.manifest["model"]}
+        if windows is not None:
+            try:
+                p = art.score_windows(columns, scores, windows)
+            except ConfigError as exc:
+                raise ClientError(422, str(exc), "window") from None
+            body["window_scores"] = [_finite(x) for x in p.tolist()]
         return body, table.num_rows
 
 

@@ -2,7 +2,7 @@
 
 A run whose objective has tasks on the window labels of a ``delay`` label (``conv_1d``, ``conv_7d``, …; see
 :mod:`rankcraft.data.delays`) and a ``windows:`` section fits a
-:class:`~rankcraft.models.windows.WindowInterpolator` on its matured training rows after training and keeps it in
+:class:`~rankcraft.data.windows.WindowInterpolator` on its matured training rows after training and keeps it in
 ``RUN/windows.json``; ``rankcraft predict RUN FILE --window 3d`` then scores any window.
 
 ``windows`` keys: ``group`` (a categorical feature whose values get their own delay rate, e.g. ``advertiser``;
@@ -13,7 +13,6 @@ head's).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -25,9 +24,7 @@ from rankcraft.data.features import FeatureSet, label_key
 from rankcraft.data.schema import Schema
 from rankcraft.errors import ConfigError
 from rankcraft.files import atomic_write_json
-from rankcraft.models.windows import WindowInterpolator
-
-WINDOWS_FILE = "windows.json"
+from rankcraft.data.windows import WINDOWS_FILE, WindowInterpolator, group_column, read_windows
 
 
 class WindowsConfig(BaseModel):
@@ -60,11 +57,8 @@ def group_ids(features: FeatureSet, columns: dict, group: str | None) -> np.ndar
     """Each row's encoded value of the categorical feature ``group`` (None without a group)."""
     if group is None:
         return None
-    names = [f.name for f in features.categorical]
-    if group not in names:
-        raise ConfigError(f"windows.group: '{group}' is not a categorical feature (categorical features: "
-                          f"{', '.join(names) or 'none'})")
-    return columns["cat"][:, names.index(group)].numpy()
+    cat = columns["cat"]
+    return group_column([f.name for f in features.categorical], cat.numpy() if hasattr(cat, "numpy") else cat, group)
 
 
 def fit_windows(cfg: WindowsConfig, schema: Schema, objective, features: FeatureSet, train) -> WindowInterpolator:
@@ -91,26 +85,5 @@ def save_windows(run_dir: Path, wi: WindowInterpolator, cfg: WindowsConfig, task
 
 
 def load_windows(run_dir: Path) -> tuple[WindowInterpolator, WindowsConfig, list[str]]:
-    path = Path(run_dir) / WINDOWS_FILE
-    if not path.exists():
-        raise ConfigError(f"{run_dir}: this run serves no window (train it with fixed-window heads and a 'windows:' "
-                          "section in its config)")
-    d = json.loads(path.read_text())
-    return WindowInterpolator.from_dict(d["interpolator"]), WindowsConfig(**d["config"]), list(d["heads"])
-
-
-def check_window(wi: WindowInterpolator, cfg: WindowsConfig, T_days: float, text: str) -> None:
-    """A window the run cannot serve is a ConfigError naming the range it serves."""
-    longest = max(wi.anchors)
-    limit = cfg.max_window_days or 2 * longest
-    if not 0 < T_days <= limit:
-        raise ConfigError(f"window {text}: this run serves windows up to {limit:g} days ("
-                          + ("windows.max_window_days" if cfg.max_window_days else
-                             f"twice its longest head, {longest:g} days; set windows.max_window_days to change it")
-                          + ")")
-
-
-def predict_window(wi: WindowInterpolator, heads: list[str], preds: dict[str, np.ndarray], T_days: float,
-                   groups: np.ndarray | None) -> np.ndarray:
-    """``p(T)`` per row from the run's head predictions."""
-    return wi.predict([preds[h] for h in heads], T_days, groups)
+    wi, cfg, heads = read_windows(run_dir)
+    return wi, WindowsConfig(**cfg), heads

@@ -26,11 +26,16 @@ With more than two anchors, ``β`` is estimated from the outermost pair (the exp
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from rankcraft.data.delays import parse_duration
+from rankcraft.errors import ConfigError
 
 Method = Literal["pi", "global", "linear", "nearest"]
 METHODS = ("pi", "global", "linear", "nearest")
@@ -173,3 +178,60 @@ class WindowInterpolator:
                    beta_max=float(d.get("beta_max", 10.0)), global_beta=float(d["global_beta"]),
                    betas={int(k): float(v) for k, v in d.get("betas", {}).items()},
                    counts={int(k): int(v) for k, v in d.get("counts", {}).items()})
+
+
+# ------------------------------------------------------------------------------------------------ a run's window file
+WINDOWS_FILE = "windows.json"
+
+
+def read_windows(directory: Path) -> tuple[WindowInterpolator, dict, list[str]]:
+    """``(interpolator, the run's windows config as a dict, the anchor heads)`` from ``DIR/windows.json``."""
+    path = Path(directory) / WINDOWS_FILE
+    if not path.exists():
+        raise ConfigError(f"{directory}: this model serves no conversion window (train it with fixed-window heads "
+                          "and a 'windows:' section in its config)")
+    d = json.loads(path.read_text())
+    return WindowInterpolator.from_dict(d["interpolator"]), dict(d["config"]), list(d["heads"])
+
+
+def window_days(text: str) -> float:
+    """A window as written (``3d``, ``36h``) in days; a malformed one is a ConfigError."""
+    try:
+        return parse_duration(text) / 86400.0
+    except ValueError as exc:
+        raise ConfigError(f"window: {exc}") from None
+
+
+def check_window(wi: WindowInterpolator, max_window_days: float | None, T_days: float, text: str) -> None:
+    """A window the run cannot serve is a ConfigError naming the range it serves (default: up to twice the longest
+    head's window)."""
+    longest = max(wi.anchors)
+    limit = max_window_days or 2 * longest
+    if not 0 < T_days <= limit:
+        raise ConfigError(f"window {text}: this model serves windows up to {limit:g} days ("
+                          + ("windows.max_window_days" if max_window_days else
+                             f"twice its longest head, {longest:g} days; set windows.max_window_days to change it")
+                          + ")")
+
+
+def group_column(categorical: list[str], cat: np.ndarray, group: str | None) -> np.ndarray | None:
+    """Each row's encoded value of the categorical feature ``group`` from the encoded ``cat`` matrix ``[N, F]``
+    (``categorical``: the categorical feature names in column order)."""
+    if group is None:
+        return None
+    if group not in categorical:
+        raise ConfigError(f"windows.group: '{group}' is not a categorical feature (categorical features: "
+                          f"{', '.join(categorical) or 'none'})")
+    return np.asarray(cat)[:, categorical.index(group)]
+
+
+def serve_windows(wi: WindowInterpolator, heads: list[str], preds: dict[str, np.ndarray], windows: list[str],
+                  groups: np.ndarray | None, max_window_days: float | None = None) -> np.ndarray:
+    """``p(T_i)`` for row ``i`` with its own window ``windows[i]`` (rows grouped by distinct window)."""
+    days = np.array([window_days(w) for w in windows])
+    out = np.empty(len(windows), dtype=np.float64)
+    for T in np.unique(days):
+        rows = np.flatnonzero(days == T)
+        check_window(wi, max_window_days, float(T), windows[int(rows[0])])
+        out[rows] = wi.predict([preds[h][rows] for h in heads], float(T), groups[rows] if groups is not None else None)
+    return out

@@ -12,8 +12,8 @@ import sys
 import time
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from rankcraft.cli.main import main
 from rankcraft.errors import ConfigError

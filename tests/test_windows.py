@@ -13,8 +13,13 @@ from rankcraft.data.dataset import prepare
 from rankcraft.data.delayed import FAMILIES, delay_cdf, delayed_truth
 from rankcraft.data.encoders import validate_table
 from rankcraft.data.schema import Schema
+from rankcraft.data.windows import (
+    WindowInterpolator,
+    exp_alpha,
+    solve_beta,
+    window_ratio,
+)
 from rankcraft.errors import ConfigError, DataError
-from rankcraft.data.windows import WindowInterpolator, exp_alpha, solve_beta, window_ratio
 
 DAY = 86400
 

@@ -17,7 +17,12 @@ import pyarrow as pa
 
 from rankcraft.data.encoders import Encoders, validate_table
 from rankcraft.data.readers import RawTable
-from rankcraft.data.windows import WINDOWS_FILE, group_column, read_windows, serve_windows
+from rankcraft.data.windows import (
+    WINDOWS_FILE,
+    group_column,
+    read_windows,
+    serve_windows,
+)
 from rankcraft.errors import ConfigError, DataError
 
 SUPPORTED_FORMATS = (1,)

@@ -39,11 +39,11 @@ from torch import nn
 
 from rankcraft.data.encoders import Encoders
 from rankcraft.data.readers import RawTable
+from rankcraft.data.windows import WINDOWS_FILE
 from rankcraft.errors import RankcraftError
 from rankcraft.files import atomic_write_json
 from rankcraft.models.output import as_output
 from rankcraft.training.objectives import Objective
-from rankcraft.data.windows import WINDOWS_FILE
 from rankcraft.training.run import load_run
 
 EXPORT_FORMAT = 1

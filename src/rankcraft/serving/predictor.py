@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from rankcraft.data.dataset import encode_file
+from rankcraft.data.delays import window_suffix
 from rankcraft.data.encoders import describe_skips
+from rankcraft.data.windows import check_window, window_days
 from rankcraft.errors import ConfigError
 from rankcraft.files import atomic_write_bytes
 from rankcraft.training.evaluation import evaluate as evaluate_data
 from rankcraft.training.evaluation import predict_heads
-from rankcraft.data.delays import window_suffix
-from rankcraft.data.windows import check_window, window_days
 from rankcraft.training.run import load_run
 from rankcraft.training.windows import group_ids, load_windows
 

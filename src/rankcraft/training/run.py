@@ -44,8 +44,13 @@ from rankcraft.training.evaluation import evaluate as evaluate_data
 from rankcraft.training.loops import FitResult, StreamLoop
 from rankcraft.training.objectives import Objective, ObjectiveConfig, build_objective
 from rankcraft.training.profile import count_parameters, flops_per_example, slice_batch
-from rankcraft.training.windows import WindowsConfig, fit_windows, save_windows, window_tasks
 from rankcraft.training.trainer import TrainConfig, Trainer
+from rankcraft.training.windows import (
+    WindowsConfig,
+    fit_windows,
+    save_windows,
+    window_tasks,
+)
 
 
 class StreamConfig(BaseModel):

@@ -22,9 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from rankcraft.data.delays import parse_duration, window_suffix
 from rankcraft.data.features import FeatureSet, label_key
 from rankcraft.data.schema import Schema
+from rankcraft.data.windows import (
+    WINDOWS_FILE,
+    WindowInterpolator,
+    group_column,
+    read_windows,
+)
 from rankcraft.errors import ConfigError
 from rankcraft.files import atomic_write_json
-from rankcraft.data.windows import WINDOWS_FILE, WindowInterpolator, group_column, read_windows
 
 
 class WindowsConfig(BaseModel):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from torch import nn
 
 from rankcraft.data.features import FeatureSet
-from rankcraft.errors import ConfigError
 from rankcraft.models import (  # noqa: F401
     arch,
     autoint,
@@ -16,6 +15,7 @@ from rankcraft.models import (  # noqa: F401
     din,
     dlrm,
     dnn,
+    ensemble,
     esmm,
     finalmlp,
     fm,
@@ -30,7 +30,12 @@ from rankcraft.models import (  # noqa: F401
     widedeep,
     xdeepfm,
 )
-from rankcraft.models.registry import _REGISTRY
+from rankcraft.models.registry import (
+    _REGISTRY,
+    build_registered,
+    registered_class,
+    validated_params,
+)
 
 
 def available_models() -> list[str]:
@@ -38,10 +43,7 @@ def available_models() -> list[str]:
 
 
 def model_class(name: str) -> type[nn.Module]:
-    try:
-        return _REGISTRY[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}") from None
+    return registered_class(name)
 
 
 def requires_sequence(name: str) -> bool:
@@ -56,22 +58,9 @@ def is_multitask(name: str) -> bool:
 
 
 def validate_params(name: str, params: dict | None) -> BaseModel:
-    cls = model_class(name)
-    try:
-        return cls.Params.model_validate(params or {})
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"model '{name}': invalid hyperparameters: {msgs}") from None
+    return validated_params(name, params)
 
 
 def build_model(name: str, features: FeatureSet, params: dict | None = None) -> nn.Module:
     """Instantiate zoo model ``name`` for ``features`` with validated ``params``."""
-    p = validate_params(name, params)
-    model = model_class(name)(features, p)
-    if p.linear_init == "xavier_normal":
-        for m in model.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-    return model
+    return build_registered(name, features, params)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
+
+from rankcraft.errors import ConfigError
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -43,3 +45,34 @@ def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
         return cls
 
     return deco
+
+
+def registered_class(name: str) -> type[nn.Module]:
+    """The registered model class ``name`` (ConfigError listing the registered names)."""
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def validated_params(name: str, params: dict | None) -> BaseModel:
+    cls = registered_class(name)
+    try:
+        return cls.Params.model_validate(params or {})
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"model '{name}': invalid hyperparameters: {msgs}") from None
+
+
+def build_registered(name: str, features, params: dict | None = None) -> nn.Module:
+    """Instantiate registered model ``name`` with validated ``params`` (and its ``linear_init``). Wrappers such as
+    the ensemble build their members with this (the catalog imports the zoo, so they cannot import it)."""
+    p = validated_params(name, params)
+    model = registered_class(name)(features, p)
+    if p.linear_init == "xavier_normal":
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return model

@@ -27,6 +27,11 @@ error for regression tasks. Heads without a task (e.g. ESMM's CVR) are predicted
   probability of a conversion within a window ``T`` is ``p (1 − e^{−λ T})``. Metrics: the conversion head against
   ``c`` (``conversion/auc`` …, and ``mean/*`` equal to them).
 
+* ``ensemble``: the collaborative ensemble (models/ensemble.py) on one binary ``label``: BCE of the fused head
+  ``score`` plus ``member_weight ·`` BCE of each of the ``members`` heads ``member_0 …`` (the model adds its
+  distillation term itself). Metrics per head (``score/auc``, ``member_0/auc``, …); ``mean/*`` and the default
+  monitor are the fused head's.
+
 Metric names: single-head objectives report ``auc``, ``logloss``, ``ne``, ``calibration``, ``rows`` (and ``gauc``
 with a user column), exactly as before multi-task support. Multi-task objectives report ``<task>/<metric>`` for
 every task (``mse``/``mae`` for regression tasks) plus ``mean/auc`` and ``mean/logloss``, the
@@ -127,8 +132,18 @@ class DelayedFeedbackObjectiveConfig(_Strict):
     max_log_rate: float = 6.0  # log λ is clamped to [−max_log_rate, max_log_rate] (per day)
 
 
+class EnsembleObjectiveConfig(_Strict):
+    """The collaborative ensemble's labelled terms (see the module docstring)."""
+
+    type: Literal["ensemble"]
+    label: str | None = None
+    members: int = Field(ge=2)
+    member_weight: float = Field(default=1.0, ge=0)
+
+
 ObjectiveConfig = Annotated[Union[BinaryObjectiveConfig, SoftLabelObjectiveConfig, MultiTaskObjectiveConfig,
-                                  DelayedFeedbackObjectiveConfig], Field(discriminator="type")]
+                                  DelayedFeedbackObjectiveConfig, EnsembleObjectiveConfig],
+                            Field(discriminator="type")]
 
 
 # ------------------------------------------------------------------------------------------------ runtime
@@ -383,6 +398,17 @@ def build_objective(config: BaseModel | dict | None, features: FeatureSet) -> Ob
             raise ConfigError(f"objective: invalid:\n{format_validation_error(exc, obj)}") from None
     kinds = features.label_kinds
     targets = features.targets
+    if isinstance(config, EnsembleObjectiveConfig):
+        if config.label is None and len(targets) > 1:
+            raise ConfigError(f"objective.label: the schema has several labels ({', '.join(targets)}); name the one "
+                              "the ensemble learns")
+        name = config.label or (targets[0] if targets else "label")
+        if _label_kind(features, name, "objective.label") != "binary":
+            raise ConfigError(f"objective.label: '{name}' must be a binary label for the ensemble objective")
+        tasks = [Task(DEFAULT_HEAD, label_key(name), "binary")]
+        tasks += [Task(f"member_{i}", label_key(name), "binary", config.member_weight, monitor_weight=0.0)
+                  for i in range(config.members)]
+        return Objective(tasks, single=False, has_group=features.has_group)
     if isinstance(config, DelayedFeedbackObjectiveConfig):
         for suffix in ("observed", "elapsed_days"):
             if f"{config.label}_{suffix}" not in kinds:

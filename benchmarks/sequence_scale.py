@@ -171,8 +171,7 @@ def to_markdown(res: dict, args) -> str:
         for row, v in res["lengths"].items():
             lines.append(f"| {row} | " + " | ".join(f"{v[n]['test_auc']:.4f} / {v[n]['flops']:,.0f}"
                                                    for n in lengths) + " |")
-    lines += ["", "Produced by:", f"- `python benchmarks/sequence_scale.py --dataset {res['dataset']} "
-              f"--trials {res['trials_per_row']} --out {args.out}`"]
+    lines += ["", "Produced by:", f"- `python benchmarks/sequence_scale.py {' '.join(sys.argv[1:])}`"]
     return "\n".join(lines) + "\n"
 
 

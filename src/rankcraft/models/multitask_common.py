@@ -18,6 +18,7 @@ from rankcraft.data.features import FeatureSet
 from rankcraft.errors import ConfigError
 from rankcraft.models.common import Activation, Units
 from rankcraft.models.registry import ModelParams
+from rankcraft.nn.gradients import scale_gradient
 from rankcraft.nn.mlp import MLP
 
 
@@ -43,6 +44,9 @@ class MultiTaskParams(ModelParams):
 
     tasks: list[str] | None = None
     tower_units: Units = Field(default_factory=lambda: [32])
+    #: task → β: that task's tower passes β × its gradient back into the shared layers (identity forward; ExFM's
+    #: Gradient Scaling of an auxiliary distillation head). Absent tasks: 1.
+    tower_grad_scale: dict[str, float] = Field(default_factory=dict)
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     batch_norm: bool = False
@@ -81,13 +85,17 @@ class TaskTowers(nn.Module):
     def __init__(self, in_dim: int, tasks: list[str], p: MultiTaskParams):
         super().__init__()
         self.tasks = list(tasks)
+        unknown = sorted(set(p.tower_grad_scale) - set(self.tasks))
+        if unknown:
+            raise ConfigError(f"tower_grad_scale: {', '.join(unknown)} is not a task (tasks: {', '.join(self.tasks)})")
+        self.grad_scale = [float(p.tower_grad_scale.get(t, 1.0)) for t in self.tasks]
         self.towers = nn.ModuleList(MLP(in_dim, p.tower_units, 1, act=p.activation, dropout=p.dropout,
                                         batch_norm=p.batch_norm) for _ in tasks)
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        if h.dim() == 2:
-            return {t: tower(h).squeeze(-1) for t, tower in zip(self.tasks, self.towers)}
-        return {t: tower(h[:, i]).squeeze(-1) for i, (t, tower) in enumerate(zip(self.tasks, self.towers))}
+        ins = [h if h.dim() == 2 else h[:, i] for i in range(len(self.tasks))]
+        return {t: tower(scale_gradient(x, b)).squeeze(-1)
+                for t, tower, x, b in zip(self.tasks, self.towers, ins, self.grad_scale)}
 
 
 def parameter_count(model: nn.Module, *, embeddings: bool = True) -> int:

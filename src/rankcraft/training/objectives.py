@@ -32,6 +32,16 @@ error for regression tasks. Heads without a task (e.g. ESMM's CVR) are predicted
   distillation term itself). Metrics per head (``score/auc``, ``member_0/auc``, …); ``mean/*`` and the default
   monitor are the fused head's.
 
+* ``distill``: external distillation from a foundation model (FM) whose predictions ``p_F`` are a soft label
+  ``teacher`` (ExFM; docs/distillation.md). The serving head ``score`` learns the true ``label``:
+  ``L = BCE(z_S, y) + w · BCE(z_T, t)`` with ``t = min(α p_F, 1)`` (Label Scaling α, Loss Weighting w) and
+  ``z_T = z_S`` (``mode: single``) or the separate head ``distill`` (``mode: aux``, the Auxiliary Head; Gradient
+  Scaling β is the model's ``tower_grad_scale: {distill: β}``); ``mode: none`` is the plain VM. ``adapter``
+  adds the Student Adapter, a small MLP ``s = SA(logit p_F)`` trained on the fresh labels (``BCE(s, y)``, its
+  input is data, so only SA learns from it) whose ``sg(σ(s))`` is one more target of the distillation head:
+  ``+ adapter_weight · BCE(z_T, sg(σ(s)))``. SA and the model update in the same optimiser step. Metrics: the
+  serving head against ``label``.
+
 Metric names: single-head objectives report ``auc``, ``logloss``, ``ne``, ``calibration``, ``rows`` (and ``gauc``
 with a user column), exactly as before multi-task support. Multi-task objectives report ``<task>/<metric>`` for
 every task (``mse``/``mae`` for regression tasks) plus ``mean/auc`` and ``mean/logloss``, the
@@ -141,8 +151,22 @@ class EnsembleObjectiveConfig(_Strict):
     member_weight: float = Field(default=1.0, ge=0)
 
 
+class DistillObjectiveConfig(_Strict):
+    """External distillation from a foundation model's logged predictions (ExFM; see the module docstring)."""
+
+    type: Literal["distill"]
+    label: str | None = None  # the true binary label (default: the schema's only binary label)
+    teacher: str = Field(min_length=1)  # the soft label with the foundation model's predictions
+    mode: Literal["none", "single", "aux"] = "aux"
+    weight: float = Field(default=1.0, ge=0)  # w: Loss Weighting
+    label_scale: float = Field(default=1.0, gt=0)  # α: Label Scaling, target min(α·p_F, 1)
+    adapter: bool = False  # the Student Adapter
+    adapter_hidden: int = Field(default=8, ge=1)
+    adapter_weight: float = Field(default=1.0, ge=0)
+
+
 ObjectiveConfig = Annotated[Union[BinaryObjectiveConfig, SoftLabelObjectiveConfig, MultiTaskObjectiveConfig,
-                                  DelayedFeedbackObjectiveConfig, EnsembleObjectiveConfig],
+                                  DelayedFeedbackObjectiveConfig, EnsembleObjectiveConfig, DistillObjectiveConfig],
                             Field(discriminator="type")]
 
 
@@ -364,6 +388,54 @@ class DelayedFeedbackObjective(Objective):
         return "conversion/logloss"
 
 
+class DistillObjective(Objective):
+    """The ``distill`` objective (module docstring)."""
+
+    def __init__(self, config: DistillObjectiveConfig, label: str, *, has_group: bool):
+        super().__init__([Task(DEFAULT_HEAD, label_key(label), "binary")], single=True, has_group=has_group)
+        self.cfg = config
+        self.teacher = label_key(config.teacher)
+        self.distill_head = "distill" if config.mode == "aux" else DEFAULT_HEAD
+        self.adapter = nn.Sequential(nn.Linear(1, config.adapter_hidden), nn.ReLU(),
+                                     nn.Linear(config.adapter_hidden, 1)) if config.adapter else None
+
+    @property
+    def heads(self) -> list[str]:
+        return [DEFAULT_HEAD, "distill"] if self.cfg.mode == "aux" else [DEFAULT_HEAD]
+
+    def head_of(self, task: Task, out: ModelOutput) -> torch.Tensor:
+        if DEFAULT_HEAD not in out.logits:
+            raise ConfigError(f"the model has heads {out.heads}; the distill objective needs a serving head "
+                              f"'{DEFAULT_HEAD}'")
+        return out.logits[DEFAULT_HEAD]
+
+    def loss(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.cfg
+        y = batch[self.tasks[0].label]
+        z_s = self.head_of(self.tasks[0], out).float()
+        total = nn.functional.binary_cross_entropy_with_logits(z_s, y)
+        parts = {"serving": float(total.detach())}
+        if c.mode != "none":
+            if self.distill_head not in out.logits:
+                raise ConfigError(f"the model has heads {out.heads}; mode 'aux' needs a head named 'distill' "
+                                  "(e.g. sharedbottom with tasks: [score, distill])")
+            z_t = out.logits[self.distill_head].float()
+            p_f = batch[self.teacher]
+            ld = nn.functional.binary_cross_entropy_with_logits(z_t, (c.label_scale * p_f).clamp(max=1.0))
+            total = total + c.weight * ld
+            parts["distill"] = float(ld.detach())
+            if self.adapter is not None:
+                x = torch.logit(p_f.clamp(1e-6, 1 - 1e-6)).unsqueeze(-1)
+                s = self.adapter(x).squeeze(-1)
+                l_sta = nn.functional.binary_cross_entropy_with_logits(s, y)
+                l_sa = nn.functional.binary_cross_entropy_with_logits(z_t, torch.sigmoid(s).detach())
+                total = total + l_sta + c.adapter_weight * l_sa
+                parts.update(adapter=float(l_sta.detach()), adapter_distill=float(l_sa.detach()))
+        if out.aux_loss is not None:
+            total = total + out.aux_loss.float()
+        return total, parts
+
+
 # ------------------------------------------------------------------------------------------------ building
 def default_objective() -> Objective:
     """Binary cross-entropy on the batch's ``"label"`` column (the first non-weight label): what a model without
@@ -398,6 +470,22 @@ def build_objective(config: BaseModel | dict | None, features: FeatureSet) -> Ob
             raise ConfigError(f"objective: invalid:\n{format_validation_error(exc, obj)}") from None
     kinds = features.label_kinds
     targets = features.targets
+    if isinstance(config, DistillObjectiveConfig):
+        if config.label is None:
+            binaries = [n for n in targets if kinds[n] == "binary"]
+            if len(binaries) != 1:
+                raise ConfigError(f"objective.label: name the true label (binary labels: {', '.join(binaries)})")
+            name = binaries[0]
+        else:
+            name = config.label
+        if _label_kind(features, name, "objective.label") != "binary":
+            raise ConfigError(f"objective.label: '{name}' must be a binary label")
+        if _label_kind(features, config.teacher, "objective.teacher") not in ("soft", "binary"):
+            raise ConfigError(f"objective.teacher: '{config.teacher}' must be a soft label (the FM's probability)")
+        if config.adapter and config.mode == "none":
+            raise ConfigError("objective.adapter: the Student Adapter feeds a distillation head; use mode single "
+                              "or aux")
+        return DistillObjective(config, name, has_group=features.has_group)
     if isinstance(config, EnsembleObjectiveConfig):
         if config.label is None and len(targets) > 1:
             raise ConfigError(f"objective.label: the schema has several labels ({', '.join(targets)}); name the one "

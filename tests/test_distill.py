@@ -1,0 +1,132 @@
+"""External distillation (ExFM): gradient scaling, the distill objective's modes, label scaling, the student
+adapter, training end to end from a logged teacher column, and the named errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from rankcraft.errors import ConfigError
+from rankcraft.models.catalog import build_model
+from rankcraft.models.output import ModelOutput
+from rankcraft.nn.gradients import scale_gradient
+from rankcraft.training.objectives import build_objective
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A CSV with a true label and a foundation model's logged probability (noisy, biased) per row."""
+    from rankcraft.data.spec import prepare_spec
+
+    d = tmp_path_factory.mktemp("fm")
+    rng = np.random.default_rng(0)
+    n = 3000
+    a, b = rng.integers(0, 30, n), rng.integers(0, 20, n)
+    z = np.sin(a) + np.cos(b) - 2.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(int)
+    fm = 1 / (1 + np.exp(-(z + 0.3 * rng.standard_normal(n) + 0.5)))
+    lines = ["a,b,y,fm"] + [f"a{i},b{j},{t},{p:.6f}" for i, j, t, p in zip(a, b, y, fm)]
+    (d / "train.csv").write_text("\n".join(lines) + "\n")
+    schema = {"labels": ["y", {"name": "fm", "kind": "soft"}],
+              "features": [{"name": "a", "type": "categorical"}, {"name": "b", "type": "categorical"}]}
+    spec = {"schema": schema, "train": str(d / "train.csv")}
+    return spec, prepare_spec(spec)
+
+
+def test_scale_gradient():
+    x = torch.randn(5, requires_grad=True)
+    y = scale_gradient(x, 3.0)
+    assert torch.equal(y, x)
+    (y * torch.arange(5.0)).sum().backward()
+    torch.testing.assert_close(x.grad, 3.0 * torch.arange(5.0))
+
+
+def test_tower_grad_scale_scales_only_that_towers_gradient(data):
+    _, d = data
+    batch = next(d.splits["train"].batches(256))
+    grads = {}
+    for beta in (1.0, 0.0, 4.0):
+        torch.manual_seed(0)
+        m = build_model("sharedbottom", d.features, {"embedding_dim": 4, "bottom_units": [8], "tower_units": [4],
+                                                     "tasks": ["score", "distill"],
+                                                     "tower_grad_scale": {"distill": beta}})
+        m.zero_grad()
+        out = m(batch)
+        out.logits["distill"].sum().backward()  # only the distillation head's loss
+        grads[beta] = m.bottom.net[0].weight.grad.clone() if hasattr(m.bottom, "net") else \
+            next(m.bottom.parameters()).grad.clone()
+    assert torch.count_nonzero(grads[0.0]) == 0
+    torch.testing.assert_close(grads[4.0], 4.0 * grads[1.0])
+    with pytest.raises(ConfigError, match="tower_grad_scale: teacher is not a task"):
+        build_model("sharedbottom", d.features, {"tasks": ["score"], "tower_grad_scale": {"teacher": 2.0}})
+
+
+@pytest.mark.parametrize("mode", ["none", "single", "aux"])
+def test_distill_losses(data, mode):
+    _, d = data
+    obj = build_objective({"type": "distill", "label": "y", "teacher": "fm", "mode": mode, "weight": 2.0,
+                           "label_scale": 3.0}, d.features)
+    z_s, z_d = torch.tensor([0.2, -1.0, 0.5]), torch.tensor([-0.3, 0.1, 2.0])
+    batch = {"label/y": torch.tensor([1.0, 0.0, 0.0]), "label/fm": torch.tensor([0.1, 0.5, 0.2])}
+    loss, _ = obj.loss(ModelOutput({"score": z_s, "distill": z_d}), batch)
+    want = F.binary_cross_entropy_with_logits(z_s, batch["label/y"])
+    target = torch.tensor([0.3, 1.0, 0.6])  # min(3 · p_F, 1)
+    if mode == "single":
+        want = want + 2.0 * F.binary_cross_entropy_with_logits(z_s, target)
+    if mode == "aux":
+        want = want + 2.0 * F.binary_cross_entropy_with_logits(z_d, target)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
+    assert obj.heads == (["score", "distill"] if mode == "aux" else ["score"])
+
+
+def test_student_adapter_learns_from_labels_and_teaches_through_a_stopped_target(data):
+    _, d = data
+    obj = build_objective({"type": "distill", "label": "y", "teacher": "fm", "adapter": True,
+                           "adapter_weight": 0.5}, d.features)
+    assert sum(p.numel() for p in obj.parameters()) == 1 * 8 + 8 + 8 * 1 + 1
+    z_s = torch.zeros(4, requires_grad=True)
+    z_d = torch.zeros(4, requires_grad=True)
+    batch = {"label/y": torch.tensor([1.0, 0.0, 1.0, 0.0]), "label/fm": torch.tensor([0.9, 0.2, 0.4, 0.1])}
+    loss, parts = obj.loss(ModelOutput({"score": z_s, "distill": z_d}), batch)
+    loss.backward()
+    with torch.no_grad():
+        s = obj.adapter(torch.logit(batch["label/fm"]).unsqueeze(-1)).squeeze(-1)
+    # the distillation head's gradient: toward p_F and toward σ(SA), both constants
+    want = (torch.sigmoid(z_d) - batch["label/fm"]) / 4 + 0.5 * (torch.sigmoid(z_d) - torch.sigmoid(s)) / 4
+    torch.testing.assert_close(z_d.grad, want.detach())
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) for p in obj.adapter.parameters())
+    assert parts["adapter"] > 0
+
+
+def test_train_with_a_logged_teacher_and_reload(data, tmp_path):
+    from rankcraft import api
+
+    spec, _ = data
+    cfg = {"data": spec, "model": "sharedbottom",
+           "params": {"embedding_dim": 4, "bottom_units": [16], "tower_units": [8], "tasks": ["score", "distill"],
+                      "tower_grad_scale": {"distill": 5.0}},
+           "objective": {"type": "distill", "label": "y", "teacher": "fm", "label_scale": 2.0, "adapter": True},
+           "train": {"epochs": 2, "batch_size": 256, "quiet": True}}
+    res = api.train(cfg, out=tmp_path / "run")
+    assert res.report["heads"] == ["score", "distill"] and res.report["valid"]["auc"] > 0.5
+    run = api.load_run(tmp_path / "run")
+    for a, b in zip(run.objective.adapter.parameters(), res.objective.adapter.parameters()):
+        torch.testing.assert_close(a, b)  # the adapter is checkpointed with the run
+
+
+def test_named_errors(data):
+    spec, d = data
+    with pytest.raises(ConfigError, match="'fm' must be a binary label"):
+        build_objective({"type": "distill", "label": "fm", "teacher": "y"}, d.features)
+    with pytest.raises(ConfigError, match="Student Adapter feeds a distillation head"):
+        build_objective({"type": "distill", "label": "y", "teacher": "fm", "mode": "none", "adapter": True},
+                        d.features)
+    with pytest.raises(ConfigError, match="not a label|no label"):
+        build_objective({"type": "distill", "label": "y", "teacher": "fm_missing"}, d.features)
+    from rankcraft import api
+
+    with pytest.raises(ConfigError, match="needs the head\\(s\\) distill"):
+        api.train({"data": spec, "model": "dnn", "objective": {"type": "distill", "label": "y", "teacher": "fm"},
+                   "train": {"epochs": 1, "quiet": True}})

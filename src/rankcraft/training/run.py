@@ -135,7 +135,7 @@ def check_heads(model: nn.Module, objective: Objective, data: ColumnData, name: 
             objective.head_of(t, out)
     except ConfigError as exc:
         raise ConfigError(f"model '{name}': {exc}") from None
-    if not (objective.single and len(out.logits) == 1):
+    if not (len(objective.heads) == 1 and len(out.logits) == 1):
         missing = [h for h in objective.heads if h not in out.logits]
         if missing:
             raise ConfigError(f"model '{name}': the objective needs the head(s) {', '.join(missing)}; the model has "

@@ -92,7 +92,7 @@ def test_student_adapter_learns_from_labels_and_teaches_through_a_stopped_target
     loss, parts = obj.loss(ModelOutput({"score": z_s, "distill": z_d}), batch)
     loss.backward()
     with torch.no_grad():
-        s = obj.adapter(torch.logit(batch["label/fm"]).unsqueeze(-1)).squeeze(-1)
+        s = obj.adapter(batch["label/fm"].unsqueeze(-1)).squeeze(-1)
     # the distillation head's gradient: toward p_F and toward σ(SA), both constants
     want = (torch.sigmoid(z_d) - batch["label/fm"]) / 4 + 0.5 * (torch.sigmoid(z_d) - torch.sigmoid(s)) / 4
     torch.testing.assert_close(z_d.grad, want.detach())
@@ -112,8 +112,14 @@ def test_train_with_a_logged_teacher_and_reload(data, tmp_path):
     res = api.train(cfg, out=tmp_path / "run")
     assert res.report["heads"] == ["score", "distill"] and res.report["valid"]["auc"] > 0.5
     run = api.load_run(tmp_path / "run")
-    for a, b in zip(run.objective.adapter.parameters(), res.objective.adapter.parameters()):
-        torch.testing.assert_close(a, b)  # the adapter is checkpointed with the run
+    from rankcraft.training.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / "run" / "best.pt")["objective"]
+    assert {"adapter.0.weight", "adapter.2.bias"} <= set(saved)  # the adapter is checkpointed with the run
+    for k, v in run.objective.state_dict().items():
+        torch.testing.assert_close(v, saved[k])
+    fresh = build_objective(cfg["objective"], run.features)
+    assert not torch.equal(fresh.adapter[0].weight, run.objective.adapter[0].weight)
 
 
 def test_named_errors(data):
@@ -130,3 +136,58 @@ def test_named_errors(data):
     with pytest.raises(ConfigError, match="needs the head\\(s\\) distill"):
         api.train({"data": spec, "model": "dnn", "objective": {"type": "distill", "label": "y", "teacher": "fm"},
                    "train": {"epochs": 1, "quiet": True}})
+
+
+# ------------------------------------------------------------------------------------------------ DAS on a stream
+def test_snapshots_das_and_a_vertical_model_on_the_stream(tmp_path):
+    from rankcraft.data.spec import prepare_spec
+    from rankcraft.training.das import (
+        AnnotatedPartition,
+        MemoryPartition,
+        annotate,
+        train_snapshots,
+        with_teacher_label,
+    )
+    from rankcraft.training.evaluation import predict_heads
+    from rankcraft.training.loops import StreamLoop
+    from rankcraft.training.trainer import TrainConfig, Trainer
+
+    d = prepare_spec({"recipe": "synthetic", "rows": 4000, "seed": 1})
+    train = d.splits["train"]
+    n = len(train) // 4
+    parts = [MemoryPartition(f"p{i}", train.subset(torch.arange(i * n, (i + 1) * n))) for i in range(4)]
+
+    def fm():
+        torch.manual_seed(0)
+        return build_model("dnn", d.features, {"embedding_dim": 4, "hidden_units": [16]})
+
+    cfg = TrainConfig(batch_size=256, quiet=True)
+    paths = train_snapshots(fm(), parts, cfg, tmp_path / "fm")
+    assert [p.name for p in paths] == [f"snapshot-{i:03d}.pt" for i in range(4)] and all(p.exists() for p in paths)
+    stamp = paths[0].stat().st_mtime_ns
+    train_snapshots(fm(), parts, cfg, tmp_path / "fm")  # all there: nothing retrained
+    assert paths[0].stat().st_mtime_ns == stamp
+    teach = annotate(fm, paths, parts, 2, tmp_path / "fm")
+    assert np.isnan(teach[0]).all() and np.isnan(teach[1]).all()
+    from rankcraft.training.checkpoint import load_checkpoint
+
+    m = fm()
+    m.load_state_dict(load_checkpoint(paths[1])["model"])  # partition 3 at staleness 2: the FM after partition 1
+    np.testing.assert_allclose(teach[3], predict_heads(m, parts[3].data())["score"], rtol=1e-6)
+    np.save(tmp_path / "fm" / "das-delta2" / "p3.npy", np.zeros(n, np.float32))
+    assert annotate(fm, paths, parts, 2, tmp_path / "fm")[3].sum() == 0  # stored: each example scored once
+    with pytest.raises(ConfigError, match="staleness"):
+        annotate(fm, paths, parts, 0, tmp_path / "fm")
+    teach = annotate(fm, paths, parts, 1, tmp_path / "fm")
+    rows = np.arange(0, n, 2)
+    vm_parts = [AnnotatedPartition(p.key, p, t, rows) for p, t in zip(parts[1:], teach[1:])]
+    cols = vm_parts[0].data().columns
+    assert len(cols["label"]) == len(rows)
+    np.testing.assert_allclose(cols["label/fm"].numpy(), teach[1][rows], rtol=1e-6)
+    feats = with_teacher_label(d.features)
+    assert feats.features == d.features.features and feats.label_kinds["fm"] == "soft"
+    vm = build_model("sharedbottom", feats, {"embedding_dim": 4, "bottom_units": [8], "tower_units": [4],
+                                             "tasks": ["score", "distill"]})
+    obj = build_objective({"type": "distill", "label": "label", "teacher": "fm", "adapter": True}, feats)
+    fit = Trainer(vm, cfg, objective=obj).run(StreamLoop(vm_parts))
+    assert fit.best_metrics["evaluated_partitions"] == 2 and fit.best_metrics["auc"] > 0.5

@@ -254,6 +254,8 @@ class StreamLoop:
             state.cursor = {"partition": i + 1, "pass": 0, "step": 0}
             trainer.append_history(entry)
             trainer.report(entry, i + 1)
+            if trainer.after_epoch is not None:  # for streams: after every partition (e.g. a snapshot)
+                trainer.after_epoch(i + 1, entry)
             if not c.quiet and trainer.rank == 0:
                 shown = [k for k in trainer.objective.metric_names() if k.rsplit("/", 1)[-1] in ("auc", "logloss")]
                 vals = "  ".join(f"{k} {entry[k]:.4f}" for k in shown[:2] if entry.get(k) is not None)

@@ -37,7 +37,7 @@ error for regression tasks. Heads without a task (e.g. ESMM's CVR) are predicted
   ``L = BCE(z_S, y) + w · BCE(z_T, t)`` with ``t = min(α p_F, 1)`` (Label Scaling α, Loss Weighting w) and
   ``z_T = z_S`` (``mode: single``) or the separate head ``distill`` (``mode: aux``, the Auxiliary Head; Gradient
   Scaling β is the model's ``tower_grad_scale: {distill: β}``); ``mode: none`` is the plain VM. ``adapter``
-  adds the Student Adapter, a small MLP ``s = SA(logit p_F)`` trained on the fresh labels (``BCE(s, y)``, its
+  adds the Student Adapter, a small MLP ``s = SA(p_F)`` (or ``SA(logit p_F)``, ``adapter_input``) trained on the fresh labels (``BCE(s, y)``, its
   input is data, so only SA learns from it) whose ``sg(σ(s))`` is one more target of the distillation head:
   ``+ adapter_weight · BCE(z_T, sg(σ(s)))``. SA and the model update in the same optimiser step. Metrics: the
   serving head against ``label``.
@@ -163,6 +163,7 @@ class DistillObjectiveConfig(_Strict):
     adapter: bool = False  # the Student Adapter
     adapter_hidden: int = Field(default=8, ge=1)
     adapter_weight: float = Field(default=1.0, ge=0)
+    adapter_input: Literal["probability", "logit"] = "probability"  # what SA reads of the FM prediction
 
 
 ObjectiveConfig = Annotated[Union[BinaryObjectiveConfig, SoftLabelObjectiveConfig, MultiTaskObjectiveConfig,
@@ -425,7 +426,7 @@ class DistillObjective(Objective):
             total = total + c.weight * ld
             parts["distill"] = float(ld.detach())
             if self.adapter is not None:
-                x = torch.logit(p_f.clamp(1e-6, 1 - 1e-6)).unsqueeze(-1)
+                x = (torch.logit(p_f.clamp(1e-6, 1 - 1e-6)) if c.adapter_input == "logit" else p_f).unsqueeze(-1)
                 s = self.adapter(x).squeeze(-1)
                 l_sta = nn.functional.binary_cross_entropy_with_logits(s, y)
                 l_sa = nn.functional.binary_cross_entropy_with_logits(z_t, torch.sigmoid(s).detach())

@@ -128,7 +128,8 @@ class Trainer:
         """``on_step(steps_done)`` runs after every step, ``before_step(steps_done)`` before it (e.g. a supernet
         picks the path of that step), and ``stop_when()`` is asked before every step: True ends training there
         (a time budget), like ``max_steps``. ``after_epoch(epoch, valid_metrics)`` is asked after every epoch's
-        validation: True stops training like early stopping (a tuner pruning a bad trial). ``separate``:
+        validation: True stops training like early stopping (a tuner pruning a bad trial); in a stream it is
+        called after every partition with that partition's entry (the answer is ignored). ``separate``:
         parameter sets with their own optimiser."""
         self.model = model
         self.after_epoch = after_epoch

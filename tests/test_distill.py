@@ -79,6 +79,15 @@ def test_distill_losses(data, mode):
         want = want + 2.0 * F.binary_cross_entropy_with_logits(z_d, target)
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
     assert obj.heads == (["score", "distill"] if mode == "aux" else ["score"])
+    # a row the FM has not scored (NaN) gets only the serving loss
+    nan = {**batch, "label/fm": torch.tensor([0.1, float("nan"), 0.2])}
+    loss2, _ = obj.loss(ModelOutput({"score": z_s, "distill": z_d}), nan)
+    keep = torch.tensor([0, 2])
+    want2 = F.binary_cross_entropy_with_logits(z_s, batch["label/y"])
+    if mode != "none":
+        zt = z_s if mode == "single" else z_d
+        want2 = want2 + 2.0 * F.binary_cross_entropy_with_logits(zt[keep], target[keep])
+    assert torch.isfinite(loss2) and loss2.item() == pytest.approx(want2.item(), rel=1e-6)
 
 
 def test_student_adapter_learns_from_labels_and_teaches_through_a_stopped_target(data):

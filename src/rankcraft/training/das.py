@@ -136,6 +136,6 @@ class AnnotatedPartition:
     def data(self) -> ColumnData:
         d = self.base.data()
         cols = dict(d.columns)
-        cols[label_key(self.name)] = torch.from_numpy(np.nan_to_num(self.teacher, nan=0.0).astype(np.float32))
+        cols[label_key(self.name)] = torch.from_numpy(self.teacher.astype(np.float32))  # NaN: not scored
         full = ColumnData(cols)
         return full if self.rows is None else full.subset(torch.from_numpy(self.rows))

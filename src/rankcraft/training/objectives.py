@@ -39,8 +39,9 @@ error for regression tasks. Heads without a task (e.g. ESMM's CVR) are predicted
   Scaling β is the model's ``tower_grad_scale: {distill: β}``); ``mode: none`` is the plain VM. ``adapter``
   adds the Student Adapter, a small MLP ``s = SA(p_F)`` (or ``SA(logit p_F)``, ``adapter_input``) trained on the fresh labels (``BCE(s, y)``, its
   input is data, so only SA learns from it) whose ``sg(σ(s))`` is one more target of the distillation head:
-  ``+ adapter_weight · BCE(z_T, sg(σ(s)))``. SA and the model update in the same optimiser step. Metrics: the
-  serving head against ``label``.
+  ``+ adapter_weight · BCE(z_T, sg(σ(s)))``. SA and the model update in the same optimiser step. Rows whose
+  teacher value is NaN (not scored by the FM yet) get only the serving loss. Metrics: the serving head against
+  ``label``.
 
 Metric names: single-head objectives report ``auc``, ``logloss``, ``ne``, ``calibration``, ``rows`` (and ``gauc``
 with a user column), exactly as before multi-task support. Multi-task objectives report ``<task>/<metric>`` for
@@ -422,14 +423,21 @@ class DistillObjective(Objective):
                                   "(e.g. sharedbottom with tasks: [score, distill])")
             z_t = out.logits[self.distill_head].float()
             p_f = batch[self.teacher]
-            ld = nn.functional.binary_cross_entropy_with_logits(z_t, (c.label_scale * p_f).clamp(max=1.0))
+            known = torch.isfinite(p_f)  # rows the FM has not scored (NaN) get no distillation
+            w = known.float() / known.float().sum().clamp_min(1.0)
+            p_f = torch.where(known, p_f, torch.zeros_like(p_f))
+
+            def bce(z, t):
+                return (nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none") * w).sum()
+
+            ld = bce(z_t, (c.label_scale * p_f).clamp(max=1.0))
             total = total + c.weight * ld
             parts["distill"] = float(ld.detach())
             if self.adapter is not None:
                 x = (torch.logit(p_f.clamp(1e-6, 1 - 1e-6)) if c.adapter_input == "logit" else p_f).unsqueeze(-1)
                 s = self.adapter(x).squeeze(-1)
-                l_sta = nn.functional.binary_cross_entropy_with_logits(s, y)
-                l_sa = nn.functional.binary_cross_entropy_with_logits(z_t, torch.sigmoid(s).detach())
+                l_sta = bce(s, y)
+                l_sa = bce(z_t, torch.sigmoid(s).detach())
                 total = total + l_sta + c.adapter_weight * l_sa
                 parts.update(adapter=float(l_sta.detach()), adapter_distill=float(l_sa.detach()))
         if out.aux_loss is not None:

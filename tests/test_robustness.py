@@ -19,9 +19,21 @@ import torch
 
 import rankcraft
 from rankcraft.errors import CheckpointError, ConfigError, RankcraftError
-from rankcraft.files import (DirectoryLock, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                             dumps_json_line, json_safe, read_json)
-from rankcraft.interrupts import DeferredInterrupts, Terminated, interrupt_exit_code, terminate_as_interrupt
+from rankcraft.files import (
+    DirectoryLock,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    dumps_json_line,
+    json_safe,
+    read_json,
+)
+from rankcraft.interrupts import (
+    DeferredInterrupts,
+    Terminated,
+    interrupt_exit_code,
+    terminate_as_interrupt,
+)
 from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
 
 SRC = str(Path(rankcraft.__file__).resolve().parents[1])  # subprocesses import this checkout, not an installed copy
@@ -226,8 +238,9 @@ def test_deferred_interrupts_wait_for_a_safe_point():
 def bad_body_csv(tmp_path_factory):
     """A schema and a CSV (~40 MB, several of Arrow's 16 MB blocks) with invalid UTF-8 in a cell of its first
     block: Arrow's reader fails at once while its read-ahead is still running on Arrow's threads."""
-    from rankcraft.data.synthetic import make_synthetic
     import pyarrow.csv as pacsv
+
+    from rankcraft.data.synthetic import make_synthetic
 
     d = tmp_path_factory.mktemp("badbody")
     table, schema = make_synthetic(3000, seed=3)

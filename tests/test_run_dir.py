@@ -72,7 +72,7 @@ def test_ctrl_c_mid_epoch_writes_last_pt_at_that_step_and_resume_finishes(tmp_pa
     from rankcraft.data.spec import prepare_spec
     from rankcraft.models.catalog import build_model
     from rankcraft.training.checkpoint import load_checkpoint
-    from rankcraft.training.trainer import Trainer, TrainConfig
+    from rankcraft.training.trainer import TrainConfig, Trainer
 
     data = prepare_spec({"recipe": "synthetic", "rows": 3000}, tmp_path / "cache")
     cfg = TrainConfig(epochs=2, batch_size=100, quiet=True, checkpoint_seconds=0)

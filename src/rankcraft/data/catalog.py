@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rankcraft.data import census as _census  # noqa: F401
 from rankcraft.data import delayed as _delayed  # noqa: F401
+from rankcraft.data import drift as _drift  # noqa: F401
 from rankcraft.data import events as _events  # noqa: F401
 from rankcraft.data import funnel as _funnel  # noqa: F401
 from rankcraft.data import movielens1m as _movielens1m  # noqa: F401

@@ -200,3 +200,21 @@ def test_snapshots_das_and_a_vertical_model_on_the_stream(tmp_path):
     obj = build_objective({"type": "distill", "label": "label", "teacher": "fm", "adapter": True}, feats)
     fit = Trainer(vm, cfg, objective=obj).run(StreamLoop(vm_parts))
     assert fit.best_metrics["evaluated_partitions"] == 2 and fit.best_metrics["auc"] > 0.5
+
+
+def test_drifting_stream_recipe():
+    from rankcraft.data.drift import make_drifting_stream
+    from rankcraft.data.spec import prepare_stream_spec
+
+    t = make_drifting_stream(5, 4000, seed=2, base_rate=0.03, drift=0.3)
+    y = np.array(t.column("label").to_pylist(), dtype=int)
+    z = np.array(t.column("true_logit").to_pylist(), dtype=float)
+    assert abs(y.mean() - 0.03) < 0.01 and abs((1 / (1 + np.exp(-z))).mean() - 0.03) < 1e-3
+    chunk = np.array(t.column("chunk").to_pylist())
+    assert sorted(set(chunk)) == [0, 1, 2, 3, 4]
+    s = prepare_stream_spec({"recipe": "drifting-stream", "options": {"chunks": 3, "rows_per_chunk": 500, "seed": 2},
+                             "partitions": {"unit": "day", "fit_on": 1}}, cache_dir=None)
+    assert [p.rows for p in s.partitions] == [500, 500, 500]
+    assert "label/true_logit" in s.partitions[0].data().columns
+    with pytest.raises(ValueError, match="flipped"):
+        make_drifting_stream(2, 10, fields=2, flipped=3)

@@ -47,11 +47,13 @@ VARIANTS = [
 ]
 # models with required hyperparameters: `arch` (a searched architecture) gets a member of the tiny search space
 # (it has its own tests in test_search_space)
+#: models that wrap other models and return several heads for one task (tested in their own files)
+WRAPPERS = ("ensemble",)
 REQUIRED = {"arch": {"arch": get_space("tiny").sample(random.Random(0)).to_dict()}}
 # behaviour-sequence models need a sequence feature; they have their own tests (test_sequence_models, test_mos);
 # multi-task models return named heads and have theirs (test_multitask_models)
 CASES = [(m, dict(REQUIRED.get(m, {}))) for m in available_models()
-         if not requires_sequence(m) and not is_multitask(m)] + VARIANTS
+         if not requires_sequence(m) and not is_multitask(m) and m not in WRAPPERS] + VARIANTS
 CASE_IDS = [m + "".join(f"-{k}={v}" for k, v in p.items() if k != "arch") for m, p in CASES]
 
 
@@ -127,7 +129,8 @@ def test_model_trains_roundtrips_and_profiles(name, params, full_data, tmp_path)
     assert flops_per_example(model, probe) > 0
 
 
-NON_SEQUENCE = [m for m in available_models() if not requires_sequence(m) and not is_multitask(m)]
+NON_SEQUENCE = [m for m in available_models() if not requires_sequence(m) and not is_multitask(m)
+                and m not in WRAPPERS]
 
 
 @pytest.mark.parametrize("name", NON_SEQUENCE)

@@ -57,7 +57,9 @@ def member_heads(k: int) -> list[str]:
 @register_model("ensemble")
 class Ensemble(nn.Module):
     class Params(ModelParams):
-        members: list[Member] = Field(min_length=2)
+        #: default: a DNN and a DCN with the zoo's default parameters
+        members: list[Member] = Field(default_factory=lambda: [Member(model="dnn"), Member(model="dcn")],
+                                      min_length=2)
         fusion: Literal["confidence", "uniform"] = "confidence"
         temperature: float = Field(default=1.0, gt=0)
         learn_temperature: bool = False
@@ -71,7 +73,7 @@ class Ensemble(nn.Module):
         def _names(cls, v):
             return [{"model": m} if isinstance(m, str) else m for m in v]
 
-    multitask = True
+    multitask = False  # several heads, one task: the fused score and its members
 
     def __init__(self, features: FeatureSet, p: Params):
         super().__init__()

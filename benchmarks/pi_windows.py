@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--out", default="benchmarks/results/pi_windows")
+    ap.add_argument("--summarise-only", action="store_true", help="rewrite results.md from OUT/results.json")
     args = ap.parse_args(argv)
+    if args.summarise_only:
+        summarise(json.loads((Path(args.out) / "results.json").read_text()), Path(args.out))
+        return 0
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +187,17 @@ def summarise(results: dict, out: Path) -> None:
     for T, c in claims.items():
         lines.append(f"| {float(T):g}d | {c['pi_beats_baselines_ne']} | {c['pi_beats_baselines_adv_calibration']} | "
                      f"{c['pi_within_0.5pct_of_ub_ne']} |")
+    lines += ["", "Paired by seed (the same world and test rows): PI's NE minus each predictor's, exponential "
+              "advertisers, mean ± std over seeds (negative: PI is better)", "",
+              "| T | " + " | ".join(o for o in order if o not in ("pi", "oracle")) + " |",
+              "|---|" + "---|" * (len(order) - 2)]
+    for T in map(str, results["windows"]):
+        cells = []
+        for b in (o for o in order if o not in ("pi", "oracle")):
+            d = [results["seeds"][s]["windows"][T]["exponential"]["pi"]["ne"]
+                 - results["seeds"][s]["windows"][T]["exponential"][b]["ne"] for s in seeds]
+            cells.append(f"{statistics.fmean(d):+.4f} ± {statistics.stdev(d) if len(d) > 1 else 0:.4f}")
+        lines.append(f"| {float(T):g}d | " + " | ".join(cells) + " |")
     lines += ["", "UB at 10d is the 7d head (no 10d head exists); 10d is extrapolation for every interpolator.", "",
               f"Produced by: `{results['command']}`"]
     (out / "results.md").write_text("\n".join(lines) + "\n")

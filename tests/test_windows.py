@@ -361,3 +361,27 @@ def test_the_scoring_server_takes_a_window_per_candidate(tmp_path):
         service.score({"window": "30d", "candidates": cands})
     with pytest.raises(ClientError, match="needs a window"):
         service.score({"candidates": [{**cands[0], "window": "3d"}, cands[1]]})
+
+
+def test_taobao_conversions_train_and_serve_a_window_end_to_end(tmp_path):
+    from conftest import shared
+
+    from rankcraft import api
+
+    path = shared("taobao-userbehavior-84k")
+    res = api.train({"data": {"recipe": "taobao-conversions", "data_dir": str(path)}, "model": "sharedbottom",
+                     "params": {"embedding_dim": 4, "bottom_units": [16], "tower_units": [8], "tasks": ["w1h", "w1d"]},
+                     "objective": {"type": "multitask", "tasks": [
+                         {"name": "w1h", "label": "buy_1h", "weight_column": "buy_1h_mature"},
+                         {"name": "w1d", "label": "buy_1d", "weight_column": "buy_1d_mature"}]},
+                     "train": {"epochs": 1, "batch_size": 2048, "quiet": True},
+                     "windows": {"group": "category"}}, out=tmp_path / "run")
+    assert res.report["windows"]["anchors_days"] == pytest.approx([1 / 24, 1.0])
+    # the test day's 1d labels are immature at the end of the log: the 1d task has no test rows to judge
+    assert res.report["test"]["w1d/rows"] == 0 and res.report["test"]["w1h/rows"] > 1000
+    raw = get_source("taobao-conversions", str(path)).load_raw()["test"].table.slice(0, 50)
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(raw.select(["user", "item", "category", "hour", "weekday"]), tmp_path / "rows.csv")
+    p = api.predict(tmp_path / "run", tmp_path / "rows.csv", window="12h")
+    assert p.shape == (50,) and np.all((p >= 0) & (p <= 1))

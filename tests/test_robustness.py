@@ -337,8 +337,11 @@ def test_docs_config_names_every_run_config_key():
     from rankcraft.training.trainer import TrainConfig
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
-    models = [RunConfig, DataSpec, TrainConfig] + [getattr(objectives, n) for n in (
-        "BinaryObjectiveConfig", "SoftLabelObjectiveConfig", "TaskConfig", "MultiTaskObjectiveConfig")
+    from rankcraft.training.windows import WindowsConfig
+
+    models = [RunConfig, DataSpec, TrainConfig, WindowsConfig] + [getattr(objectives, n) for n in (
+        "BinaryObjectiveConfig", "SoftLabelObjectiveConfig", "TaskConfig", "MultiTaskObjectiveConfig",
+        "DelayedFeedbackObjectiveConfig", "EnsembleObjectiveConfig", "DistillObjectiveConfig")
         if hasattr(objectives, n)]
     missing = [f"{m.__name__}.{f.alias or name}" for m in models for name, f in m.model_fields.items()
                if f"`{f.alias or name}`" not in doc]

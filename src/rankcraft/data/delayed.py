@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rankcraft.data.dataset import DataSource
+from rankcraft.data.funnel import calibration_bias
 from rankcraft.data.readers import RawTable
 from rankcraft.data.registry import recipe
 from rankcraft.data.schema import FeatureSpec, LabelSpec, Schema
@@ -53,18 +54,6 @@ def delayed_schema(fields: int = 6, windows=DEFAULT_WINDOWS, observed_at: float 
     feats = [FeatureSpec(name="advertiser", type="categorical", source="item")]
     feats += [FeatureSpec(name=f"f{j + 1}", type="categorical", source="context") for j in range(fields)]
     return Schema(labels=[label], features=feats)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def _calibrate(z: np.ndarray, rate: float) -> np.ndarray:
-    lo, hi = -30.0, 30.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if _sigmoid(z + mid).mean() > rate else (mid, hi)
-    return _sigmoid(z + (lo + hi) / 2)
 
 
 def _zipf(rng: np.random.Generator, n: int, vocab: int, a: float) -> np.ndarray:
@@ -125,7 +114,7 @@ def make_delayed_conversions(clicks: int = 600_000, *, advertisers: int = 300, f
     adv = _zipf(rng, clicks, advertisers, zipf_a)
     f = np.stack([_zipf(rng, clicks, vocab, zipf_a) for _ in range(fields)])
     z = a_adv[adv] + e_field[np.arange(fields)[:, None], f].sum(0) + affinity * (U[adv] * V[f[0]]).sum(1)
-    p = _calibrate(z, base_rate)
+    p = 1.0 / (1.0 + np.exp(-(z + calibration_bias(z, base_rate))))
     converts = rng.random(clicks) < p
     b, fam = beta[adv], family[adv]
     med = np.log(2.0) / b

@@ -20,19 +20,12 @@ import numpy as np
 import pyarrow as pa
 
 from rankcraft.data.dataset import DataSource
+from rankcraft.data.funnel import calibration_bias
 from rankcraft.data.readers import RawTable
 from rankcraft.data.registry import recipe
 from rankcraft.data.schema import FeatureSpec, Schema
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
-
-
-def _calibrate_bias(z: np.ndarray, rate: float) -> float:
-    lo, hi = -30.0, 30.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if (1 / (1 + np.exp(-(z + mid)))).mean() > rate else (mid, hi)
-    return (lo + hi) / 2
 
 
 def make_drifting_stream(chunks: int = 20, rows_per_chunk: int = 10_000, *, fields: int = 6, vocab: int = 100,
@@ -58,7 +51,7 @@ def make_drifting_stream(chunks: int = 20, rows_per_chunk: int = 10_000, *, fiel
     sign = np.ones((fields, n))
     sign[:flipped] = np.where(dom == 1, -1.0, 1.0)
     z = (sign * eff).sum(0)
-    z = z + _calibrate_bias(z, base_rate)
+    z = z + calibration_bias(z, base_rate)
     y = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
     cols = {"domain": pa.array(np.array(["A", "B"])[dom])}
     for j in range(fields):

@@ -68,8 +68,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _calibrate(z: np.ndarray, rate: float) -> np.ndarray:
-    """``σ(z + b)`` with ``b`` found by bisection so that its mean is ``rate``."""
+def calibration_bias(z: np.ndarray, rate: float) -> float:
+    """The intercept ``b`` (bisection on [−30, 30]) with ``mean σ(z + b) = rate``: how the synthetic generators set
+    their base rates."""
     lo, hi = -30.0, 30.0
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -77,7 +78,12 @@ def _calibrate(z: np.ndarray, rate: float) -> np.ndarray:
             hi = mid
         else:
             lo = mid
-    return _sigmoid(z + (lo + hi) / 2)
+    return (lo + hi) / 2
+
+
+def _calibrate(z: np.ndarray, rate: float) -> np.ndarray:
+    """``σ(z + b)`` with ``b = calibration_bias(z, rate)``."""
+    return _sigmoid(z + calibration_bias(z, rate))
 
 
 def _zipf_ranks(rng: np.random.Generator, n: int, vocab: int, a: float) -> np.ndarray:

@@ -203,15 +203,21 @@ def _check_options(label, labels, max_len, split_days) -> tuple[list[str], tuple
     return chosen, sd
 
 
+def _log_file(data_dir: str | None, recipe_name: str) -> Path:
+    """``UserBehavior.csv`` in the data directory (or the path itself); a missing file is a DataError."""
+    d = find_data_dir(DIR_NAME, data_dir)
+    path = d / FILE if d.is_dir() else d
+    if not path.is_file():
+        raise DataError(f"{recipe_name}: {FILE} not found", path=str(path))
+    return path
+
+
 @recipe(NAME, "Taobao UserBehavior (84k events): first daily view = impression, same-day cart/fav/buy labels, "
               "viewing history, split by Beijing day 7/1/1")
 def taobao_source(data_dir: str | None = None, *, label: str | None = None, labels: str | list[str] | None = None,
                   max_len: int = 50, split_days=DEFAULT_SPLIT_DAYS) -> DataSource:
     chosen, sd = _check_options(label, labels, max_len, split_days)
-    d = find_data_dir(DIR_NAME, data_dir)
-    path = d / FILE if d.is_dir() else d
-    if not path.is_file():
-        raise DataError(f"{NAME}: {FILE} not found", path=str(path))
+    path = _log_file(data_dir, NAME)
 
     def load() -> dict[str, RawTable]:
         events, dropped = read_behaviour(path)
@@ -282,10 +288,7 @@ def taobao_conversions_source(data_dir: str | None = None, *, windows=CONV_WINDO
     than that, so the validation and test days have immature long windows. 715 conversions in the training days of
     the shared copy (delays 36 s to 8.9 days)."""
     _, sd = _check_options(None, None, 50, split_days)
-    d = find_data_dir(DIR_NAME, data_dir)
-    path = d / FILE if d.is_dir() else d
-    if not path.is_file():
-        raise DataError(f"{CONV_NAME}: {FILE} not found", path=str(path))
+    path = _log_file(data_dir, CONV_NAME)
 
     def load() -> dict[str, RawTable]:
         events, dropped = read_behaviour(path)

@@ -112,9 +112,11 @@ def main() -> None:
         tdir = args.out / "tune" / row
         if (tdir / "report.json").exists():
             continue
-        if (tdir / "config.json").exists():
+        if (tdir / "config.json").exists() and (tdir / "trials.db").exists():
             sh(rankcraft("tune", "--out", str(tdir), "--resume", "--quiet"))
-        else:
+        else:  # a fresh checkout keeps finished tunes' reports, not an unfinished tune's (git-ignored) store
+            for f in tdir.glob("*"):
+                f.unlink()
             sh(rankcraft("tune", *data, "--model", row, *SHARED_RANGES, *ROW_RANGES.get(row, []),
                          "--budget", str(args.trials), "--set", f"startup={args.startup}",
                          "--workers", str(args.parallel), "--threads-per-task", "1", "--seed", "0",

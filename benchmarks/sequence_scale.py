@@ -15,6 +15,8 @@ non-sequence reference):
    rating is after every training rating);
 2. the best configuration retrained with seeds 1, 2, 3 and judged on the **test split** (after the validation
    split in time; never used for any choice);
+   With ``--tune-train-rows N`` the trials train on a fixed N-row subsample of the training split (a documented
+   low fidelity for the larger ml-1m-u3k-seq; every row gets the same);
 3. ``--lengths``: the tuned configurations of ``--length-rows`` retrained (seed 1) with histories of each length
    (data option ``max_len``), test AUC and FLOPs per example.
 
@@ -96,6 +98,8 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--trials", type=int, default=8, help="tuning budget of every row (trials)")
     ap.add_argument("--startup", type=int, default=4, help="random trials before TPE")
+    ap.add_argument("--tune-train-rows", type=int, help="tune at low fidelity: each trial trains on this many "
+                    "training rows (a fixed seeded subsample, data.train_rows); the seeds then train on all rows")
     ap.add_argument("--parallel", type=int, default=2, help="trainings at a time (one thread each)")
     ap.add_argument("--lengths", default="20,50,100,200")
     ap.add_argument("--length-rows", default="din,interformer,mos-din,moe-din")
@@ -119,6 +123,7 @@ def main() -> None:
                 f.unlink()
             sh(rankcraft("tune", *data, "--model", row, *SHARED_RANGES, *ROW_RANGES.get(row, []),
                          "--budget", str(args.trials), "--set", f"startup={args.startup}",
+                         *(["--set", f"data.train_rows={args.tune_train_rows}"] if args.tune_train_rows else []),
                          "--workers", str(args.parallel), "--threads-per-task", "1", "--seed", "0",
                          "--out", str(tdir), "--quiet"))
 

@@ -227,11 +227,13 @@ def group_column(categorical: list[str], cat: np.ndarray, group: str | None) -> 
 
 def serve_windows(wi: WindowInterpolator, heads: list[str], preds: dict[str, np.ndarray], windows: list[str],
                   groups: np.ndarray | None, max_window_days: float | None = None) -> np.ndarray:
-    """``p(T_i)`` for row ``i`` with its own window ``windows[i]`` (rows grouped by distinct window)."""
-    days = np.array([window_days(w) for w in windows])
+    """``p(T_i)`` for row ``i`` with its own window ``windows[i]`` (each distinct window text parsed once, rows
+    grouped by it)."""
+    texts, inverse = np.unique(np.asarray(windows, dtype=object).astype(str), return_inverse=True)
     out = np.empty(len(windows), dtype=np.float64)
-    for T in np.unique(days):
-        rows = np.flatnonzero(days == T)
-        check_window(wi, max_window_days, float(T), windows[int(rows[0])])
-        out[rows] = wi.predict([preds[h][rows] for h in heads], float(T), groups[rows] if groups is not None else None)
+    for k, text in enumerate(texts):
+        T = window_days(text)
+        check_window(wi, max_window_days, T, text)
+        rows = np.flatnonzero(inverse == k)
+        out[rows] = wi.predict([preds[h][rows] for h in heads], T, groups[rows] if groups is not None else None)
     return out

@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 from rankcraft.data.dataset import encode_file
 from rankcraft.data.delays import window_suffix
 from rankcraft.data.encoders import describe_skips
-from rankcraft.data.windows import check_window, window_days
+from rankcraft.data.windows import check_window, serve_windows, window_days
 from rankcraft.errors import ConfigError
 from rankcraft.files import atomic_write_bytes
 from rankcraft.training.evaluation import evaluate as evaluate_data
@@ -58,9 +58,8 @@ def predict(run_dir: str | Path, file: str | Path, out: str | Path | None = None
     run = load_run(run_dir)
     wi = None
     if window is not None:
-        T = window_days(window)
         wi, wcfg, wheads = load_windows(Path(run_dir))
-        check_window(wi, wcfg.max_window_days, T, window)
+        check_window(wi, wcfg.max_window_days, window_days(window), window)  # before any scoring
     data, raw = encode_file(run.encoders, file, require_labels=False)
     if raw.skipped:
         raise ConfigError(f"{file}: {len(raw.skipped)} row(s) could not be read; predictions must cover every row "
@@ -69,7 +68,8 @@ def predict(run_dir: str | Path, file: str | Path, out: str | Path | None = None
                           progress=True)
     if wi is not None:
         groups = group_ids(run.features, data.columns, wcfg.group)
-        heads = {f"window_{window_suffix(window)}": wi.predict([heads[h] for h in wheads], T, groups)}
+        p = serve_windows(wi, wheads, heads, [window] * len(data), groups, wcfg.max_window_days)
+        heads = {f"window_{window_suffix(window)}": p}
     if out is not None:
         buf = io.BytesIO()
         pacsv.write_csv(pa.table({h: pa.array(p.astype(np.float64)) for h, p in heads.items()}), buf)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from rankcraft.data.dataset import ColumnData
 from rankcraft.data.features import FeatureSet, label_key
 from rankcraft.errors import ConfigError
 from rankcraft.files import atomic_write_bytes
-from rankcraft.training.checkpoint import load_checkpoint
+from rankcraft.training.checkpoint import load_checkpoint, save_checkpoint
 from rankcraft.training.evaluation import predict_heads
 from rankcraft.training.loops import StreamLoop, StreamPartition
 from rankcraft.training.objectives import Objective
@@ -51,14 +52,6 @@ def _snapshot(directory: Path, i: int) -> Path:
     return directory / f"snapshot-{i:03d}.pt"
 
 
-def _save(model: nn.Module, path: Path) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict()}, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def train_snapshots(model: nn.Module, partitions: Sequence[StreamPartition], config: TrainConfig, directory: Path,
                     *, objective: Objective | None = None) -> list[Path]:
     """Train ``model`` one pass per partition and keep a snapshot after each (module docstring). When every
@@ -70,7 +63,7 @@ def train_snapshots(model: nn.Module, partitions: Sequence[StreamPartition], con
         return paths
 
     def snap(i: int, entry: dict) -> bool:
-        _save(model, paths[i - 1])
+        save_checkpoint(paths[i - 1], {"model": model.state_dict()})
         return False
 
     Trainer(model, config, objective=objective, after_epoch=snap).run(StreamLoop(partitions))
@@ -106,8 +99,6 @@ def annotate(build: Callable[[], nn.Module], snapshots: list[Path], partitions: 
                 loaded = t - delta
             heads = predict_heads(fm, data, batch_size=batch_size)
             p = next(iter(heads.values())).astype(np.float32)
-        import io
-
         buf = io.BytesIO()
         np.save(buf, p)
         atomic_write_bytes(path, buf.getvalue())

@@ -62,8 +62,7 @@ def group_ids(features: FeatureSet, columns: dict, group: str | None) -> np.ndar
     """Each row's encoded value of the categorical feature ``group`` (None without a group)."""
     if group is None:
         return None
-    cat = columns["cat"]
-    return group_column([f.name for f in features.categorical], cat.numpy() if hasattr(cat, "numpy") else cat, group)
+    return group_column([f.name for f in features.categorical], columns["cat"].numpy(), group)
 
 
 def fit_windows(cfg: WindowsConfig, schema: Schema, objective, features: FeatureSet, train) -> WindowInterpolator:
